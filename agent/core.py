@@ -1,0 +1,167 @@
+"""One agent's logic, pure of I/O: task and global payloads in, an update payload out.
+
+The runtime calls ``on_task`` / ``on_global`` from the network thread (cheap: decode and
+decide) and ``train`` from a worker thread. Every refusal is counted by reason and logged
+once; nothing raises out of these methods except for programming errors.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from fedge import params as P
+from fedge.codec import encode_params, get_codec
+from fedge.errors import FedgeError, WireError
+from fedge.models import Model, model_from_spec
+from fedge.protocol import is_sampled
+from fedge.statefile import read_msgpack, write_msgpack
+from fedge.wire import Global, Limits, Metrics, Task, Update, encode, unpack
+
+log = logging.getLogger(__name__)
+
+STATE_FILE = "agent.msgpack"
+
+
+@dataclass(frozen=True)
+class TrainJob:
+    task: Task
+    model: Model
+    global_model: Global
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    round: int
+    update: bytes
+    metrics: bytes
+    values: dict[str, float]
+
+
+class AgentCore:
+    """Decides whether to train on each global model and turns training into an update."""
+
+    def __init__(self, client_id: str, federation: str, x: np.ndarray, y: np.ndarray, *,
+                 seed: int = 0, state_dir: str | Path | None = None,
+                 limits: Limits | None = None) -> None:
+        if len(x) == 0 or len(x) != len(y):
+            raise FedgeError(f"{client_id}: local data must be non-empty with len(x) == len(y)")
+        self.client_id = client_id
+        self.federation = federation
+        self.x, self.y = x, y
+        self.seed = seed
+        self.state_dir = Path(state_dir) if state_dir else None
+        self.limits = limits or Limits(max_bytes=64 * 1024 * 1024)
+        self.task: Task | None = None
+        self.model: Model | None = None
+        self.problem = ""  # why this agent cannot train the current task, if it cannot
+        self.latest_round = 0
+        self.rejections: Counter[str] = Counter()
+        self._pending_global: bytes | None = None
+        saved = read_msgpack(self.state_dir / STATE_FILE) if self.state_dir else None
+        self.last_trained = int(saved.get("last_trained", 0)) if isinstance(saved, dict) else 0
+
+    @property
+    def num_examples(self) -> int:
+        return int(len(self.y))
+
+    def on_task(self, payload: bytes) -> None:
+        try:
+            task = Task.from_wire(unpack(payload, self.limits), self.limits)
+            if task.federation != self.federation:
+                raise WireError(f"task for federation {task.federation!r}", reason="federation")
+            get_codec(task.codec)
+            model = model_from_spec(task.model_spec, seed=self.seed)
+            if P.spec_of(model.get_weights()) != task.layout:
+                raise WireError("model spec and layout disagree", reason="shape")
+            n_features = int(task.model_spec.get("n_features", -1))
+            n_classes = int(task.model_spec.get("n_classes", -1))
+            if self.x.shape[1] != n_features or int(self.y.max()) >= n_classes:
+                self.problem = (f"local data has {self.x.shape[1]} features and labels up to "
+                                f"{int(self.y.max())}; model wants {n_features} features and "
+                                f"{n_classes} classes")
+                log.error("%s: cannot train task: %s", self.client_id, self.problem)
+                self.task, self.model = task, None
+                return
+        except (FedgeError, ValueError) as exc:
+            self._reject("task", exc)
+            return
+        self.task, self.model, self.problem = task, model, ""
+        log.info("%s: task %s (%s)", self.client_id, task.model.id, task.model.hash.hex()[:12])
+
+    def on_global(self, payload: bytes) -> TrainJob | None:
+        """A training job when this agent should train on this global model, else None."""
+        if self.task is None:
+            self._pending_global = payload  # retained messages may arrive in any order
+            return None
+        task, model = self.task, self.model
+        try:
+            message = Global.from_wire(unpack(payload, self.limits), task.layout, self.limits)
+            if message.federation != self.federation:
+                raise WireError("global for another federation", reason="federation")
+            if message.model != task.model:
+                raise WireError("global for another model than the task", reason="model")
+        except WireError as exc:
+            self._reject("global", exc)
+            return None
+        self.latest_round = max(self.latest_round, message.round)
+        if message.final or model is None or message.round <= self.last_trained:
+            return None
+        if message.round < self.latest_round:
+            return None
+        if not is_sampled(self.federation, message.round, self.client_id, message.fraction):
+            log.debug("%s: not sampled in round %d", self.client_id, message.round)
+            return None
+        return TrainJob(task, model, message)
+
+    def take_pending_global(self) -> bytes | None:
+        payload, self._pending_global = self._pending_global, None
+        return payload
+
+    def is_current(self, job: TrainJob) -> bool:
+        """False when a newer global arrived while the job waited for the trainer."""
+        return job.global_model.round >= self.latest_round and job.task is self.task
+
+    def train(self, job: TrainJob) -> TrainResult:
+        """E local epochs from the global weights; the delta encoded with the task's codec."""
+        task, message = job.task, job.global_model
+        round_seed = _derive_seed(self.seed, self.client_id, message.round)
+        started = time.perf_counter()
+        job.model.set_weights(message.weights)
+        fit = job.model.train(self.x, self.y, epochs=task.hyper.epochs,
+                              batch_size=task.hyper.batch_size, lr=task.hyper.lr,
+                              seed=round_seed)
+        delta = P.subtract(job.model.get_weights(), message.weights)
+        if not P.all_finite(delta):
+            raise FedgeError(f"{self.client_id}: training diverged (non-finite weights)")
+        tensors = encode_params(delta, get_codec(task.codec),
+                                np.random.default_rng(round_seed + 1))
+        values = {"loss": float(fit["loss"]), "accuracy": float(fit["accuracy"]),
+                  "train_seconds": time.perf_counter() - started}
+        update = Update(self.federation, message.round, self.client_id, task.model,
+                        message.weights_hash, self.num_examples, tensors, values)
+        metrics = Metrics(self.federation, message.round, self.client_id,
+                          {**values, "num_examples": float(self.num_examples)})
+        return TrainResult(message.round, encode(update), encode(metrics), values)
+
+    def committed(self, round_number: int) -> None:
+        """The broker acknowledged our update for this round: never train it again."""
+        self.last_trained = max(self.last_trained, round_number)
+        if self.state_dir is not None:
+            write_msgpack(self.state_dir / STATE_FILE, {"last_trained": self.last_trained})
+
+    def _reject(self, what: str, exc: Exception) -> None:
+        reason = getattr(exc, "reason", "malformed")
+        self.rejections[f"{what}:{reason}"] += 1
+        log.warning("%s: refused %s message: %s (%s)", self.client_id, what, reason, exc)
+
+
+def _derive_seed(seed: int, client_id: str, round_number: int) -> int:
+    digest = hashlib.sha256(f"{seed}|{client_id}|{round_number}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") >> 1

@@ -1,0 +1,124 @@
+"""Hosts one or many agents in one process: one network loop, one training thread.
+
+A device runs one agent; the fleet emulator runs hundreds per process. Each agent has its
+own MQTT session (its own client id, will and status), so the broker sees a real fleet.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
+
+from agent.core import AgentCore, TrainJob
+from fedge.errors import FedgeError
+from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session, Will
+from fedge.protocol import Kind, Topics
+from fedge.wire import Status, encode
+
+log = logging.getLogger(__name__)
+
+
+class AgentRuntime:
+    def __init__(self, broker: BrokerAddress, agents: Sequence[AgentCore], *,
+                 keepalive: int = 30, train_threads: int = 1) -> None:
+        self.broker = broker
+        self.agents = list(agents)
+        self.keepalive = keepalive
+        self.loop = NetworkLoop("agents-mqtt")
+        self.trainer = ThreadPoolExecutor(max_workers=train_threads,
+                                          thread_name_prefix="agent-train")
+        self.sessions: dict[str, Session] = {}
+        self.updates_sent = 0
+        self._lock = threading.Lock()
+
+    def start(self) -> None:
+        self.loop.start()
+        for agent in self.agents:
+            self.sessions[agent.client_id] = self.loop.add(self._session_for(agent))
+
+    def stop(self) -> None:
+        """Say offline (retained), then disconnect cleanly."""
+        self.trainer.shutdown(wait=False, cancel_futures=True)
+        pending = [self._publish_status(agent, "offline") for agent in self.agents]
+        for future in pending:
+            try:
+                future.result(timeout=2)
+            except Exception:
+                pass
+        self.loop.stop()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return all(session.wait_connected(timeout) for session in self.sessions.values())
+
+    def _session_for(self, agent: AgentCore) -> Session:
+        topics = Topics(agent.federation)
+        will = Status(agent.federation, agent.client_id, "offline", detail="connection lost")
+        return Session(
+            agent.client_id, self.broker,
+            subscriptions=[(topics.task, 1), (topics.global_model, 1)],
+            on_message=lambda message, a=agent: self._on_message(a, message),
+            on_connect=lambda a=agent: self._publish_status(a, "online"),
+            will=Will(topics.status(agent.client_id), encode(will), qos=1, retain=True),
+            keepalive=self.keepalive,
+        )
+
+    def _publish_status(self, agent: AgentCore, state: str, detail: str = "") -> Future[None]:
+        if agent.problem and state == "online":
+            state, detail = "error", agent.problem
+        status = Status(agent.federation, agent.client_id, state, agent.last_trained, detail,
+                        {"num_examples": agent.num_examples, "n_features": int(agent.x.shape[1]),
+                         "backend": "numpy"})
+        session = self.sessions.get(agent.client_id)
+        if session is None:
+            failed: Future[None] = Future()
+            failed.set_exception(FedgeError("no session"))
+            return failed
+        return session.publish(Topics(agent.federation).status(agent.client_id), encode(status),
+                               qos=1, retain=True)
+
+    def _on_message(self, agent: AgentCore, message: Incoming) -> None:
+        parsed = Topics(agent.federation).parse(message.topic)
+        if parsed is None or not message.payload:
+            return
+        kind = parsed[0]
+        if kind is Kind.TASK:
+            had_problem = agent.problem
+            agent.on_task(message.payload)
+            if agent.problem != had_problem:
+                self._publish_status(agent, "online")
+            pending = agent.take_pending_global()
+            if pending is not None:
+                self._consider(agent, pending)
+        elif kind is Kind.GLOBAL:
+            self._consider(agent, message.payload)
+
+    def _consider(self, agent: AgentCore, payload: bytes) -> None:
+        job = agent.on_global(payload)
+        if job is not None:
+            self.trainer.submit(self._train, agent, job)
+
+    def _train(self, agent: AgentCore, job: TrainJob) -> None:
+        if not agent.is_current(job):
+            return  # a newer global came in while this job waited
+        try:
+            result = agent.train(job)
+        except Exception as exc:
+            log.error("%s: training round %d failed: %s", agent.client_id,
+                      job.global_model.round, exc)
+            return
+        topics = Topics(agent.federation)
+        session = self.sessions[agent.client_id]
+        future = session.publish(topics.update(agent.client_id), result.update, qos=1)
+        session.publish(topics.metrics(agent.client_id), result.metrics, qos=0)
+
+        def acknowledged(done: Future[None], round_number: int = result.round) -> None:
+            if done.exception() is None:
+                agent.committed(round_number)
+                with self._lock:
+                    self.updates_sent += 1
+
+        future.add_done_callback(acknowledged)
+        log.info("%s: round %d update sent (%d bytes, loss %.4f)", agent.client_id,
+                 result.round, len(result.update), result.values["loss"])

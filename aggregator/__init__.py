@@ -1,0 +1,1 @@
+"""The gateway daemon: rounds, strategies, checkpoints, publishing the global model."""

@@ -1,0 +1,162 @@
+"""The round state machine, pure: feed it payloads and the clock, it says what to do.
+
+No broker, no files: the daemon reads messages, calls ``offer`` / ``ready`` / ``close``, and
+publishes what comes back. A refused update leaves every field of the round untouched.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from aggregator.strategies import FedAvg, Strategy
+from fedge import params as P
+from fedge.codec import encode_params, get_codec
+from fedge.errors import WireError
+from fedge.params import Params, TensorSpec
+from fedge.protocol import is_sampled
+from fedge.wire import Limits, ModelRef, Reason, Update, pack, unpack
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RoundRules:
+    """When a round may close. ``target_clients`` 0 means every sampled online client."""
+
+    fraction: float = 1.0
+    min_clients: int = 1
+    target_clients: int = 0
+    round_timeout_s: float = 60.0
+    max_update_norm: float = 0.0  # 0 = no bound
+    codec: str = "int8"
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.fraction <= 1.0:
+            raise ValueError(f"fraction must be in (0, 1], got {self.fraction}")
+        if self.min_clients < 1:
+            raise ValueError(f"min_clients must be >= 1, got {self.min_clients}")
+        if self.target_clients and self.target_clients < self.min_clients:
+            raise ValueError("target_clients must be 0 or >= min_clients")
+        if self.round_timeout_s <= 0:
+            raise ValueError("round_timeout_s must be positive")
+        get_codec(self.codec)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    accepted: bool
+    client: str
+    reason: str = ""
+    detail: str = ""
+
+
+@dataclass
+class RoundState:
+    """One open round: the global it started from, the fold so far, who contributed."""
+
+    federation: str
+    round: int
+    global_weights: Params
+    model: ModelRef
+    layout: list[TensorSpec]
+    rules: RoundRules
+    deadline_ms: int
+    limits: Limits = field(default_factory=Limits)
+    strategy: Strategy = field(default_factory=FedAvg)
+    contributors: dict[str, int] = field(default_factory=dict)  # client -> num_examples
+    uplink_bytes: int = 0
+    float32_bytes: int = 0
+    rejected: Counter = field(default_factory=Counter)
+    extensions: int = 0
+
+    def __post_init__(self) -> None:
+        self.base_hash = P.content_hash(self.global_weights)
+        self.strategy.start(self.global_weights)
+
+    @property
+    def count(self) -> int:
+        return len(self.contributors)
+
+    def offer(self, topic_client: str, payload: bytes) -> Verdict:
+        """Validate and fold one update payload; any refusal changes nothing."""
+        try:
+            update, delta = self._validate(topic_client, payload)
+        except WireError as exc:
+            self.rejected[exc.reason] += 1
+            return Verdict(False, topic_client, exc.reason, str(exc))
+        self.strategy.fold(delta, float(update.num_examples))
+        self.contributors[topic_client] = update.num_examples
+        self.uplink_bytes += len(payload)
+        self.float32_bytes += _float32_size(update, delta)
+        return Verdict(True, topic_client)
+
+    def _validate(self, topic_client: str, payload: bytes) -> tuple[Update, Params]:
+        update = Update.from_wire(unpack(payload, self.limits), self.limits)
+        if update.federation != self.federation:
+            raise WireError(f"federation {update.federation!r}", reason=Reason.FEDERATION.value)
+        if update.sender != topic_client:
+            raise WireError(f"sender {update.sender!r} on the topic of {topic_client!r}",
+                            reason=Reason.SENDER.value)
+        if update.model != self.model:
+            raise WireError(f"model {update.model.id!r}/{update.model.hash.hex()[:12]}",
+                            reason=Reason.MODEL.value)
+        if update.round < self.round:
+            raise WireError(f"round {update.round} < open round {self.round}",
+                            reason=Reason.STALE.value)
+        if update.round > self.round:
+            raise WireError(f"round {update.round} > open round {self.round}",
+                            reason=Reason.FUTURE.value)
+        if update.base != self.base_hash:
+            raise WireError("trained from another global model", reason=Reason.STALE.value)
+        if topic_client in self.contributors:
+            raise WireError(f"second update from {topic_client!r} in round {self.round}",
+                            reason=Reason.DUPLICATE.value)
+        delta = update.decode_delta(self.layout, self.rules.codec)
+        if self.rules.max_update_norm > 0:
+            norm = P.l2_norm(delta)
+            if norm > self.rules.max_update_norm:
+                raise WireError(f"norm {norm:.3g} > bound {self.rules.max_update_norm:.3g}",
+                                reason=Reason.NORM.value)
+        return update, delta
+
+    def expected(self, online: set[str]) -> set[str]:
+        """The online clients the sampling rule picks for this round."""
+        return {c for c in online
+                if is_sampled(self.federation, self.round, c, self.rules.fraction)}
+
+    def ready(self, now_ms: int, online: set[str]) -> bool:
+        """Close now? At the target count, when every expected client reported, or at the
+        deadline with at least ``min_clients`` updates."""
+        if self.count < self.rules.min_clients:
+            return False
+        if self.rules.target_clients and self.count >= self.rules.target_clients:
+            return True
+        expected = self.expected(online)
+        if not self.rules.target_clients and expected and expected <= set(self.contributors):
+            return True
+        return now_ms >= self.deadline_ms
+
+    def overdue(self, now_ms: int) -> bool:
+        """Past the deadline without quorum: the daemon extends the round."""
+        return now_ms >= self.deadline_ms and self.count < self.rules.min_clients
+
+    def extend(self, now_ms: int) -> None:
+        self.deadline_ms = now_ms + int(self.rules.round_timeout_s * 1000)
+        self.extensions += 1
+
+    def close(self) -> Params:
+        """The next global model; the round must have quorum."""
+        if self.count < self.rules.min_clients:
+            raise RuntimeError(f"round {self.round} has {self.count} updates, "
+                               f"needs {self.rules.min_clients}")
+        return self.strategy.finish()
+
+
+def _float32_size(update: Update, delta: Params) -> int:
+    """What this update would weigh with the float32 codec (for the compression ratio)."""
+    tensors = encode_params(delta, get_codec("float32"), np.random.default_rng(0))
+    return len(pack({**update.to_wire(), "delta": tensors}))

@@ -1,0 +1,23 @@
+"""What every console script shares: logging setup and turning FedgeErrors into exit codes.
+
+Exit codes: 0 success, 1 the federation failed, 2 bad usage or configuration,
+130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+def setup_logging(level: str = "INFO") -> None:
+    """Plain level + logger + message; timestamps only when not under journald."""
+    under_journald = bool(os.environ.get("JOURNAL_STREAM"))
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not under_journald:
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=getattr(logging, level.upper(), logging.INFO), format=fmt,
+                        stream=sys.stderr, force=True)

@@ -1,0 +1,155 @@
+"""Typed, validated configuration for the daemons, from TOML and command-line overrides.
+
+Each daemon has one frozen dataclass. ``load`` reads a TOML table, refuses unknown keys and
+bad values with an error naming the file, the key and what is allowed, and returns the
+validated value. Command-line flags override file values through ``replace_checked``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, TypeVar
+
+from fedge.codec import CODECS
+from fedge.errors import ConfigError
+from fedge.mqtt import BrokerAddress
+from fedge.protocol import valid_name
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+C = TypeVar("C")
+
+
+@dataclass(frozen=True)
+class AggregatorConfig:
+    broker: str = "127.0.0.1:1883"
+    federation: str = "default"
+    client_id: str = "aggregator"
+    state_dir: str = "./aggregator-state"
+    model: str = "mlp"
+    dataset: str = ""  # names the model's input/output size and the evaluation split
+    test_data: str = ""  # or an .npz (x, y) to evaluate on
+    n_features: int = 0  # needed when neither dataset nor test_data says it
+    n_classes: int = 0
+    seed: int = 0
+    rounds: int = 0  # 0 = run until stopped
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    codec: str = "int8"
+    fraction: float = 1.0
+    min_clients: int = 1
+    target_clients: int = 0
+    start_clients: int = 0  # open the first round once this many agents are online
+    round_timeout_s: float = 60.0
+    max_update_norm: float = 0.0
+    max_update_bytes: int = 4 * 1024 * 1024
+    history: str = ""
+
+    def validate(self) -> None:
+        _check_broker(self.broker)
+        _check(valid_name(self.federation), "federation", self.federation, "1-64 of [A-Za-z0-9_.-]")
+        _check(valid_name(self.client_id), "client_id", self.client_id, "1-64 of [A-Za-z0-9_.-]")
+        _check(self.codec in CODECS, "codec", self.codec, f"one of {sorted(CODECS)}")
+        _check(self.rounds >= 0, "rounds", self.rounds, ">= 0")
+        _check(1 <= self.epochs <= 1000, "epochs", self.epochs, "1..1000")
+        _check(1 <= self.batch_size <= 1 << 20, "batch_size", self.batch_size, ">= 1")
+        _check(0 < self.lr <= 100, "lr", self.lr, "0 < lr <= 100")
+        _check(0 < self.fraction <= 1, "fraction", self.fraction, "0 < fraction <= 1")
+        _check(self.min_clients >= 1, "min_clients", self.min_clients, ">= 1")
+        _check(self.target_clients == 0 or self.target_clients >= self.min_clients,
+               "target_clients", self.target_clients, "0 (all sampled) or >= min_clients")
+        _check(self.start_clients >= 0, "start_clients", self.start_clients, ">= 0")
+        _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
+        _check(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
+        _check(1024 <= self.max_update_bytes <= 256 << 20, "max_update_bytes",
+               self.max_update_bytes, "1 KiB .. 256 MiB")
+        _check(bool(self.dataset or self.test_data or (self.n_features and self.n_classes)),
+               "dataset", self.dataset, "a dataset name, test_data, or n_features + n_classes")
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    broker: str = "127.0.0.1:1883"
+    federation: str = "default"
+    client_id: str = ""
+    state_dir: str = "./agent-state"
+    data: str = ""  # .npz with x (n, features) and y (n,) -- the device's own data
+    dataset: str = ""  # or, for emulation: a bundled dataset partition
+    partition: str = "iid"
+    num_clients: int = 1
+    client_index: int = 0
+    seed: int = 0
+    keepalive: int = 30
+
+    def validate(self) -> None:
+        _check_broker(self.broker)
+        _check(valid_name(self.federation), "federation", self.federation, "1-64 of [A-Za-z0-9_.-]")
+        _check(valid_name(self.client_id), "client_id", self.client_id, "1-64 of [A-Za-z0-9_.-]")
+        _check(bool(self.data) != bool(self.dataset), "data", self.data,
+               "exactly one of data (an .npz file) or dataset")
+        _check(self.num_clients >= 1, "num_clients", self.num_clients, ">= 1")
+        _check(0 <= self.client_index < self.num_clients, "client_index", self.client_index,
+               "0 <= client_index < num_clients")
+        _check(5 <= self.keepalive <= 3600, "keepalive", self.keepalive, "5..3600 seconds")
+
+
+def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None = None) -> C:
+    """Config from a TOML file (optional) plus overrides (None values ignored), validated."""
+    values: dict[str, Any] = {}
+    source = "defaults"
+    if path:
+        source = str(path)
+        try:
+            with open(path, "rb") as handle:
+                values = dict(tomllib.load(handle))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: no such config file") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    values.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    return _build(cls, values, source)
+
+
+def _build(cls: type[C], values: dict[str, Any], source: str) -> C:
+    known = {f.name: f for f in fields(cls)}  # type: ignore[arg-type]
+    for key in values:
+        if key not in known:
+            raise ConfigError(f"{source}: unknown key {key!r}; known keys: {', '.join(known)}")
+    for key, value in values.items():
+        expected = type(getattr(cls(), key))  # the default's type
+        if expected is float and isinstance(value, int) and not isinstance(value, bool):
+            values[key] = float(value)
+        elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+            raise ConfigError(f"{source}: key {key!r} must be {expected.__name__}, "
+                              f"got {value!r}")
+    config = cls(**values)
+    try:
+        config.validate()  # type: ignore[attr-defined]
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def replace_checked(config: C, **changes: Any) -> C:
+    config = dataclasses.replace(config, **changes)  # type: ignore[type-var]
+    config.validate()  # type: ignore[attr-defined]
+    return config
+
+
+def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(f"key {key!r}: {value!r} is not allowed; expected {allowed}")
+
+
+def _check_broker(text: str) -> None:
+    try:
+        BrokerAddress.parse(text)
+    except ValueError as exc:
+        raise ConfigError(f"key 'broker': {exc}") from None

@@ -1,0 +1,53 @@
+"""One root exception, a few subclasses, each with a machine-readable ``reason``.
+
+Daemons count rejections by ``reason`` and log them once; callers never parse messages.
+"""
+
+from __future__ import annotations
+
+
+class FedgeError(Exception):
+    """Root of every error fedge raises on purpose."""
+
+    reason: str = "error"
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        super().__init__(message)
+        if reason is not None:
+            self.reason = reason
+
+
+class WireError(FedgeError):
+    """A message from the network was refused; ``reason`` says why (see ``fedge.wire.Reason``)."""
+
+    reason = "malformed"
+
+
+class CodecError(WireError):
+    """Encoded tensor data is inconsistent with its codec fields."""
+
+    reason = "malformed"
+
+
+class ConfigError(FedgeError):
+    """A configuration file or option is invalid; the message names the key."""
+
+    reason = "config"
+
+
+class DataError(FedgeError):
+    """Local training data is missing, malformed or incompatible with the model."""
+
+    reason = "data"
+
+
+class ModelError(FedgeError):
+    """A model spec or weights do not fit the model."""
+
+    reason = "model"
+
+
+class BrokerError(FedgeError):
+    """The local Mosquitto could not be found, started or reached."""
+
+    reason = "broker"

@@ -1,0 +1,337 @@
+"""The one module that imports paho-mqtt: MQTT sessions driven by a shared network loop.
+
+A ``NetworkLoop`` owns one thread that does all socket I/O for any number of ``Session``s
+(select over their sockets, keepalive, reconnect with jittered exponential backoff). Every
+paho call happens on that thread; other threads talk to a session through ``publish`` (which
+returns a ``Future`` resolved when the broker acknowledges a QoS 1 message) and receive
+messages through the ``on_message`` callback, which runs on the loop thread and must be quick.
+One loop per daemon; the fleet emulator hosts hundreds of agents' sessions on one loop.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import selectors
+import socket
+import threading
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import paho.mqtt.client as paho
+
+from fedge.errors import BrokerError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class BrokerAddress:
+    host: str
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> BrokerAddress:
+        """'host:port' (or 'host', port 1883); '[v6addr]:port' for IPv6."""
+        host, sep, port = text.rpartition(":")
+        if not sep or "]" in port:
+            host, port = text, "1883"
+        host = host.strip("[]")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"broker address {text!r} is not HOST:PORT")
+        return cls(host, int(port))
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class Will:
+    """Last will: published by the broker if the session ends without a clean disconnect."""
+
+    topic: str
+    payload: bytes
+    qos: int = 1
+    retain: bool = True
+
+
+@dataclass(frozen=True)
+class Incoming:
+    topic: str
+    payload: bytes
+    retain: bool
+    qos: int
+
+
+class Session:
+    """One MQTT client identity: subscriptions restored on every (re)connect, a will, QoS 1."""
+
+    def __init__(
+        self,
+        client_id: str,
+        broker: BrokerAddress,
+        *,
+        subscriptions: Sequence[tuple[str, int]] = (),
+        on_message: Callable[[Incoming], None] | None = None,
+        on_connect: Callable[[], None] | None = None,
+        will: Will | None = None,
+        keepalive: int = 30,
+        clean_session: bool = True,
+        username: str | None = None,
+        password: str | None = None,
+        min_backoff: float = 0.5,
+        max_backoff: float = 30.0,
+        max_queued: int = 1000,
+    ) -> None:
+        self.client_id = client_id
+        self.broker = broker
+        self.subscriptions = list(subscriptions)
+        self.on_message = on_message
+        self.on_connect = on_connect
+        self.keepalive = keepalive
+        self.min_backoff, self.max_backoff = min_backoff, max_backoff
+        self._connected = threading.Event()
+        self._closed = False
+        self._attempts = 0
+        self._next_attempt = 0.0
+        self._pending: dict[int, Future[None]] = {}
+        self._loop: NetworkLoop | None = None
+        self.connects = 0
+        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
+                             protocol=paho.MQTTv311, clean_session=clean_session)
+        if username is not None:
+            client.username_pw_set(username, password)
+        if will is not None:
+            client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
+        client.max_queued_messages_set(max_queued)
+        client.max_inflight_messages_set(64)
+        client.connect_timeout = 5.0
+        client.on_connect = self._handle_connect
+        client.on_disconnect = self._handle_disconnect
+        client.on_message = self._handle_message
+        client.on_publish = self._handle_publish
+        client.on_socket_open = lambda c, u, sock: self._loop and self._loop._watch(self, sock)
+        client.on_socket_close = lambda c, u, sock: self._loop and self._loop._unwatch(sock)
+        client.on_socket_register_write = lambda c, u, s: self._loop and self._loop._want(s, True)
+        client.on_socket_unregister_write = lambda c, u, s: self._loop and self._loop._want(s, False)
+        client.connect_async(broker.host, broker.port, keepalive)
+        self._client = client
+
+    @property
+    def connected(self) -> bool:
+        return self._connected.is_set()
+
+    def wait_connected(self, timeout: float) -> bool:
+        return self._connected.wait(timeout)
+
+    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
+                retain: bool = False) -> Future[None]:
+        """Queue a message; the future resolves when the broker acks it (QoS 1) or it is sent.
+
+        While disconnected, QoS 1 messages wait in the session (bounded by ``max_queued``) and
+        go out after reconnecting; the future fails if the queue is full or the session closes.
+        """
+        future: Future[None] = Future()
+        if self._loop is None:
+            future.set_exception(BrokerError("session is not attached to a running loop"))
+            return future
+        self._loop.call_soon(lambda: self._do_publish(topic, payload, qos, retain, future))
+        return future
+
+    def close(self) -> None:
+        """Disconnect cleanly (the broker does not publish the will)."""
+        if self._loop is not None:
+            self._loop.call_soon(self._do_close)
+
+    # -- loop thread only ------------------------------------------------------------------
+
+    def _do_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
+                    future: Future[None]) -> None:
+        if self._closed:
+            future.set_exception(BrokerError(f"session {self.client_id} is closed"))
+            return
+        info = self._client.publish(topic, payload, qos=qos, retain=retain)
+        if info.rc not in (paho.MQTT_ERR_SUCCESS, paho.MQTT_ERR_NO_CONN):
+            future.set_exception(BrokerError(f"publish refused: {paho.error_string(info.rc)}"))
+        elif qos == 0:
+            future.set_result(None)
+        else:
+            self._pending[info.mid] = future
+
+    def _do_close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._client.is_connected():
+            self._client.disconnect()
+            self._client.loop_write()
+        for future in self._pending.values():
+            if not future.done():
+                future.set_exception(BrokerError(f"session {self.client_id} closed"))
+        self._pending.clear()
+        self._connected.clear()
+
+    def _maintain(self, now: float) -> None:
+        """Connect when due; keepalive otherwise."""
+        if self._closed:
+            return
+        if self._client.socket() is not None:
+            self._client.loop_misc()
+            return
+        if now < self._next_attempt:
+            return
+        self._attempts += 1
+        delay = min(self.max_backoff, self.min_backoff * 2 ** min(self._attempts - 1, 16))
+        self._next_attempt = now + delay * random.uniform(0.5, 1.0)
+        try:
+            self._client.reconnect()
+        except (OSError, ValueError) as exc:
+            log.info("%s: cannot reach broker %s (%s); retry in %.1fs", self.client_id,
+                     self.broker, exc, self._next_attempt - now)
+
+    def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
+                        reason_code: paho.ReasonCode, properties: object) -> None:
+        if reason_code.is_failure:
+            log.warning("%s: broker refused connection: %s", self.client_id, reason_code)
+            return
+        self._attempts = 0
+        self.connects += 1
+        for topic, qos in self.subscriptions:
+            client.subscribe(topic, qos)
+        self._connected.set()
+        log.debug("%s: connected to %s", self.client_id, self.broker)
+        if self.on_connect is not None:
+            _safely(self.on_connect, self.client_id)
+
+    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
+                           reason_code: paho.ReasonCode, properties: object) -> None:
+        was = self._connected.is_set()
+        self._connected.clear()
+        if was and not self._closed:
+            log.info("%s: disconnected (%s); reconnecting", self.client_id, reason_code)
+            self._next_attempt = time.monotonic() + self.min_backoff * random.uniform(0.5, 1.0)
+
+    def _handle_message(self, client: paho.Client, userdata: object,
+                        message: paho.MQTTMessage) -> None:
+        if self.on_message is not None:
+            incoming = Incoming(message.topic, bytes(message.payload), bool(message.retain),
+                                int(message.qos))
+            _safely(lambda: self.on_message(incoming), self.client_id)  # type: ignore[misc]
+
+    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
+                        reason_code: paho.ReasonCode, properties: object) -> None:
+        future = self._pending.pop(mid, None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+
+def _safely(fn: Callable[[], None], who: str) -> None:
+    """Callbacks never take the network loop down with them."""
+    try:
+        fn()
+    except Exception:
+        log.exception("%s: callback failed", who)
+
+
+class NetworkLoop:
+    """One thread doing the socket I/O of many sessions (epoll via ``selectors``)."""
+
+    def __init__(self, name: str = "fedge-mqtt") -> None:
+        self.name = name
+        self._selector = selectors.DefaultSelector()
+        self._sessions: list[Session] = []
+        self._calls: list[Callable[[], None]] = []
+        self._calls_lock = threading.Lock()
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def add(self, session: Session) -> Session:
+        """Attach a session; it connects (and keeps reconnecting) from the loop thread."""
+        session._loop = self
+        self.call_soon(lambda: self._sessions.append(session))
+        return session
+
+    def call_soon(self, fn: Callable[[], None]) -> None:
+        """Run ``fn`` on the loop thread (thread-safe)."""
+        with self._calls_lock:
+            self._calls.append(fn)
+        try:
+            self._wake_w.send(b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def start(self) -> NetworkLoop:
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self, timeout: float = 3.0) -> None:
+        """Close every session cleanly, then end the thread."""
+        for session in list(self._sessions):
+            session.close()
+        deadline = time.monotonic() + timeout
+        while self._calls and time.monotonic() < deadline:
+            time.sleep(0.01)
+        self._stop.set()
+        self.call_soon(lambda: None)
+        if self._thread is not None:
+            self._thread.join(max(0.1, deadline - time.monotonic()))
+
+    def _run(self) -> None:
+        last_misc = 0.0
+        while not self._stop.is_set():
+            self._drain_calls()
+            now = time.monotonic()
+            if now - last_misc >= 0.25:
+                for session in self._sessions:
+                    _safely(lambda s=session: s._maintain(now), session.client_id)
+                last_misc = now
+            for key, events in self._selector.select(timeout=0.1):
+                if key.data is None:
+                    self._drain_wake()
+                    continue
+                session = key.data
+                if events & selectors.EVENT_READ:
+                    _safely(session._client.loop_read, session.client_id)
+                if events & selectors.EVENT_WRITE and session._client.socket() is not None:
+                    _safely(session._client.loop_write, session.client_id)
+        self._drain_calls()
+
+    def _drain_calls(self) -> None:
+        with self._calls_lock:
+            calls, self._calls = self._calls, []
+        for fn in calls:
+            _safely(fn, self.name)
+
+    def _drain_wake(self) -> None:
+        try:
+            while self._wake_r.recv(4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _watch(self, session: Session, sock: object) -> None:
+        try:
+            self._selector.register(sock, selectors.EVENT_READ, session)  # type: ignore[arg-type]
+        except (KeyError, ValueError):
+            self._selector.modify(sock, selectors.EVENT_READ, session)  # type: ignore[arg-type]
+
+    def _unwatch(self, sock: object) -> None:
+        try:
+            self._selector.unregister(sock)  # type: ignore[arg-type]
+        except (KeyError, ValueError):
+            pass
+
+    def _want(self, sock: object, write: bool) -> None:
+        try:
+            key = self._selector.get_key(sock)  # type: ignore[arg-type]
+        except (KeyError, ValueError):
+            return
+        events = selectors.EVENT_READ | (selectors.EVENT_WRITE if write else 0)
+        if key.events != events:
+            self._selector.modify(sock, events, key.data)  # type: ignore[arg-type]

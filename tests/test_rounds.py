@@ -1,0 +1,175 @@
+"""The round state machine without a broker: FedAvg exactness, rejections change nothing."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from aggregator.rounds import RoundRules, RoundState
+from aggregator.strategies import FedAvg
+from fedge import params as P
+from fedge.wire import pack, unpack
+from tests.helpers import LAYOUT, MODEL, delta, update_payload, weights
+
+
+def open_round(codec: str = "float32", **rules: object) -> RoundState:
+    return RoundState("fed", 1, weights(), MODEL, LAYOUT, RoundRules(codec=codec, **rules),
+                      deadline_ms=10**12)
+
+
+def expected_fedavg(base: P.Params, deltas: list[P.Params], counts: list[int]) -> P.Params:
+    """FedAvg written directly: the example-weighted mean of the clients' parameters."""
+    clients = [P.add(base, d) for d in deltas]
+    total = sum(counts)
+    return {n: sum(c[n].astype(np.float64) * k for c, k in zip(clients, counts)) / total
+            for n in base}
+
+
+def test_fedavg_equals_the_weighted_mean_of_client_models_exactly_for_float32() -> None:
+    state = open_round("float32")
+    counts = [5, 17, 40, 1]
+    for i, n in enumerate(counts):
+        assert state.offer(f"c{i}", update_payload(f"c{i}", 1, weights(), delta(i),
+                                                   num_examples=n, federation="fed")).accepted
+    got = state.close()
+    want = expected_fedavg(weights(), [delta(i) for i in range(4)], counts)
+    for name in want:
+        np.testing.assert_allclose(got[name], want[name], rtol=0, atol=2e-7)
+
+
+def test_fedavg_with_int8_is_within_the_quantisation_bound() -> None:
+    state = open_round("int8")
+    counts = [3, 9, 30]
+    scales = []
+    for i, n in enumerate(counts):
+        payload = update_payload(f"c{i}", 1, weights(), delta(i), codec="int8", num_examples=n,
+                                 federation="fed", seed=i)
+        scales.append({t["name"]: t["scale"] for t in unpack(payload)["delta"]})
+        assert state.offer(f"c{i}", payload).accepted
+    got = state.close()
+    want = expected_fedavg(weights(), [delta(i) for i in range(3)], counts)
+    total = sum(counts)
+    for name in want:
+        bound = sum(k * s[name] for k, s in zip(counts, scales)) / total + 1e-6
+        assert np.max(np.abs(got[name] - want[name])) <= bound
+
+
+def test_fold_order_does_not_matter() -> None:
+    a, b = FedAvg(), FedAvg()
+    a.start(weights())
+    b.start(weights())
+    for i in range(5):
+        a.fold(delta(i), i + 1)
+    for i in reversed(range(5)):
+        b.fold(delta(i), i + 1)
+    assert P.allclose(a.finish(), b.finish(), atol=1e-7)
+
+
+def test_strategy_state_restores_the_open_round() -> None:
+    a = FedAvg()
+    a.start(weights())
+    a.fold(delta(0), 3)
+    b = FedAvg()
+    b.start(weights())
+    b.restore(a.state())
+    a.fold(delta(1), 2)
+    b.fold(delta(1), 2)
+    assert P.allclose(a.finish(), b.finish(), atol=0)
+
+
+def snapshot(state: RoundState) -> tuple:
+    return (dict(state.contributors), state.uplink_bytes, state.strategy.state()["total"],
+            {n: v.copy() for n, v in state.strategy.finish().items()})
+
+
+def same(a: tuple, b: tuple) -> bool:
+    return a[:3] == b[:3] and P.allclose(a[3], b[3], atol=0)
+
+
+def good(client: str = "c9", **kw: object) -> bytes:
+    kw.setdefault("federation", "fed")
+    return update_payload(client, 1, weights(), delta(9), **kw)  # type: ignore[arg-type]
+
+
+def nan_delta() -> bytes:
+    d = delta(9)
+    d["dense0.b"][0] = np.nan
+    from fedge.codec import Float32Codec
+    from fedge.wire import Update
+
+    tensors = [Float32Codec().encode_data(a.ravel(), None) | {  # type: ignore[arg-type]
+        "name": n, "shape": list(a.shape), "dtype": "float32", "codec": "float32"}
+        for n, a in d.items()]
+    wire = unpack(good())
+    wire["delta"] = tensors
+    Update.from_wire(wire)
+    return pack(wire)
+
+
+def wrong_shape() -> bytes:
+    wire = unpack(good())
+    wire["delta"][0]["shape"] = [3, 4]
+    return pack(wire)
+
+
+@pytest.mark.parametrize(("client", "payload", "reason"), [
+    ("c9", b"\x00garbage", "malformed"),
+    ("c9", b"\x80" * 5000, "oversize"),
+    ("c9", lambda: wrong_shape(), "shape"),
+    ("c9", lambda: nan_delta(), "nonfinite"),
+    ("c9", lambda: good(round=0), "stale"),
+    ("c9", lambda: good(round=2), "future"),
+    ("c9", lambda: pack({**unpack(good()), "base": b"\x01" * 32}), "stale"),
+    ("c8", lambda: good("c9"), "sender"),
+    ("c9", lambda: good(federation="other"), "federation"),
+    ("c9", lambda: good(model={"id": "logreg", "hash": b"\x02" * 32}), "model"),
+    ("c9", lambda: good(codec="int8"), "malformed"),
+    ("c0", lambda: good("c0"), "duplicate"),
+])
+def test_each_bad_update_is_rejected_with_its_reason_and_changes_nothing(client, payload,
+                                                                         reason) -> None:
+    from fedge.wire import Limits
+
+    state = open_round("float32")
+    state.limits = Limits(max_bytes=4096)
+    assert state.offer("c0", update_payload("c0", 1, weights(), delta(0),
+                                            federation="fed")).accepted
+    before = snapshot(state)
+    verdict = state.offer(client, payload() if callable(payload) else payload)
+    assert not verdict.accepted and verdict.reason == reason, verdict
+    assert same(before, snapshot(state))
+    assert state.rejected[reason] == 1
+
+
+def test_norm_bound_rejects_large_updates() -> None:
+    state = open_round("float32", max_update_norm=0.01)
+    verdict = state.offer("c1", update_payload("c1", 1, weights(), delta(1), federation="fed"))
+    assert verdict.reason == "norm"
+
+
+def test_round_closes_when_every_expected_client_reported() -> None:
+    state = open_round("float32", min_clients=2)
+    online = {"c0", "c1", "c2"}
+    for i in range(2):
+        state.offer(f"c{i}", update_payload(f"c{i}", 1, weights(), delta(i), federation="fed"))
+        assert not state.ready(0, online)
+    state.offer("c2", update_payload("c2", 1, weights(), delta(2), federation="fed"))
+    assert state.ready(0, online)
+
+
+def test_deadline_without_quorum_extends_and_never_closes_short() -> None:
+    state = open_round("float32", min_clients=2, round_timeout_s=5)
+    state.offer("c0", update_payload("c0", 1, weights(), delta(0), federation="fed"))
+    late = state.deadline_ms + 1
+    assert not state.ready(late, {"c0", "c1"}) and state.overdue(late)
+    state.extend(late)
+    assert state.deadline_ms == late + 5000 and state.extensions == 1
+    with pytest.raises(RuntimeError):
+        state.close()
+
+
+def test_deadline_with_quorum_closes_with_what_arrived() -> None:
+    state = open_round("float32", min_clients=1)
+    state.offer("c0", update_payload("c0", 1, weights(), delta(0), federation="fed"))
+    assert not state.ready(0, {"c0", "c1"})
+    assert state.ready(state.deadline_ms, {"c0", "c1"})
