@@ -28,9 +28,12 @@ exit codes: 0 stopped, 2 bad configuration or data"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedge-agent", epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Train on local data; send only model updates.")
+    p = argparse.ArgumentParser(
+        prog="fedge-agent",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train on local data; send only model updates.",
+    )
     p.add_argument("--config", help="TOML file; flags override its keys")
     p.add_argument("--broker", help="HOST:PORT of the MQTT broker")
     p.add_argument("--federation")
@@ -68,19 +71,28 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load(AgentConfig, args.config, values)
         x, y = local_data(config)
-        agent = AgentCore(config.client_id, config.federation, x, y, seed=config.seed,
-                          state_dir=Path(config.state_dir))
+        agent = AgentCore(
+            config.client_id,
+            config.federation,
+            x,
+            y,
+            seed=config.seed,
+            state_dir=Path(config.state_dir),
+        )
     except FedgeError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    runtime = AgentRuntime(BrokerAddress.parse(config.broker), [agent],
-                           keepalive=config.keepalive)
+    runtime = AgentRuntime(BrokerAddress.parse(config.broker), [agent], keepalive=config.keepalive)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
-    log.info("agent %s: %d local examples, broker %s", config.client_id, agent.num_examples,
-             config.broker)
+    log.info(
+        "agent %s: %d local examples, broker %s",
+        config.client_id,
+        agent.num_examples,
+        config.broker,
+    )
     stop.wait()
     runtime.stop()
     return EXIT_OK

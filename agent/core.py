@@ -47,9 +47,17 @@ class TrainResult:
 class AgentCore:
     """Decides whether to train on each global model and turns training into an update."""
 
-    def __init__(self, client_id: str, federation: str, x: np.ndarray, y: np.ndarray, *,
-                 seed: int = 0, state_dir: str | Path | None = None,
-                 limits: Limits | None = None) -> None:
+    def __init__(
+        self,
+        client_id: str,
+        federation: str,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        seed: int = 0,
+        state_dir: str | Path | None = None,
+        limits: Limits | None = None,
+    ) -> None:
         if len(x) == 0 or len(x) != len(y):
             raise FedgeError(f"{client_id}: local data must be non-empty with len(x) == len(y)")
         self.client_id = client_id
@@ -83,9 +91,11 @@ class AgentCore:
             n_features = int(task.model_spec.get("n_features", -1))
             n_classes = int(task.model_spec.get("n_classes", -1))
             if self.x.shape[1] != n_features or int(self.y.max()) >= n_classes:
-                self.problem = (f"local data has {self.x.shape[1]} features and labels up to "
-                                f"{int(self.y.max())}; model wants {n_features} features and "
-                                f"{n_classes} classes")
+                self.problem = (
+                    f"local data has {self.x.shape[1]} features and labels up to "
+                    f"{int(self.y.max())}; model wants {n_features} features and "
+                    f"{n_classes} classes"
+                )
                 log.error("%s: cannot train task: %s", self.client_id, self.problem)
                 self.task, self.model = task, None
                 return
@@ -134,20 +144,39 @@ class AgentCore:
         round_seed = _derive_seed(self.seed, self.client_id, message.round)
         started = time.perf_counter()
         job.model.set_weights(message.weights)
-        fit = job.model.train(self.x, self.y, epochs=task.hyper.epochs,
-                              batch_size=task.hyper.batch_size, lr=task.hyper.lr,
-                              seed=round_seed)
+        fit = job.model.train(
+            self.x,
+            self.y,
+            epochs=task.hyper.epochs,
+            batch_size=task.hyper.batch_size,
+            lr=task.hyper.lr,
+            seed=round_seed,
+        )
         delta = P.subtract(job.model.get_weights(), message.weights)
         if not P.all_finite(delta):
             raise FedgeError(f"{self.client_id}: training diverged (non-finite weights)")
-        tensors = encode_params(delta, get_codec(task.codec),
-                                np.random.default_rng(round_seed + 1))
-        values = {"loss": float(fit["loss"]), "accuracy": float(fit["accuracy"]),
-                  "train_seconds": time.perf_counter() - started}
-        update = Update(self.federation, message.round, self.client_id, task.model,
-                        message.weights_hash, self.num_examples, tensors, values)
-        metrics = Metrics(self.federation, message.round, self.client_id,
-                          {**values, "num_examples": float(self.num_examples)})
+        tensors = encode_params(delta, get_codec(task.codec), np.random.default_rng(round_seed + 1))
+        values = {
+            "loss": float(fit["loss"]),
+            "accuracy": float(fit["accuracy"]),
+            "train_seconds": time.perf_counter() - started,
+        }
+        update = Update(
+            self.federation,
+            message.round,
+            self.client_id,
+            task.model,
+            message.weights_hash,
+            self.num_examples,
+            tensors,
+            values,
+        )
+        metrics = Metrics(
+            self.federation,
+            message.round,
+            self.client_id,
+            {**values, "num_examples": float(self.num_examples)},
+        )
         return TrainResult(message.round, encode(update), encode(metrics), values)
 
     def committed(self, round_number: int) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 
 from agent.core import AgentCore, TrainJob
 from fedge.errors import FedgeError
@@ -21,14 +21,21 @@ log = logging.getLogger(__name__)
 
 
 class AgentRuntime:
-    def __init__(self, broker: BrokerAddress, agents: Sequence[AgentCore], *,
-                 keepalive: int = 30, train_threads: int = 1) -> None:
+    def __init__(
+        self,
+        broker: BrokerAddress,
+        agents: Sequence[AgentCore],
+        *,
+        keepalive: int = 30,
+        train_threads: int = 1,
+    ) -> None:
         self.broker = broker
         self.agents = list(agents)
         self.keepalive = keepalive
         self.loop = NetworkLoop("agents-mqtt")
-        self.trainer = ThreadPoolExecutor(max_workers=train_threads,
-                                          thread_name_prefix="agent-train")
+        self.trainer = ThreadPoolExecutor(
+            max_workers=train_threads, thread_name_prefix="agent-train"
+        )
         self.sessions: dict[str, Session] = {}
         self.updates_sent = 0
         self._lock = threading.Lock()
@@ -56,7 +63,8 @@ class AgentRuntime:
         topics = Topics(agent.federation)
         will = Status(agent.federation, agent.client_id, "offline", detail="connection lost")
         return Session(
-            agent.client_id, self.broker,
+            agent.client_id,
+            self.broker,
             subscriptions=[(topics.task, 1), (topics.global_model, 1)],
             on_message=lambda message, a=agent: self._on_message(a, message),
             on_connect=lambda a=agent: self._publish_status(a, "online"),
@@ -67,16 +75,26 @@ class AgentRuntime:
     def _publish_status(self, agent: AgentCore, state: str, detail: str = "") -> Future[None]:
         if agent.problem and state == "online":
             state, detail = "error", agent.problem
-        status = Status(agent.federation, agent.client_id, state, agent.last_trained, detail,
-                        {"num_examples": agent.num_examples, "n_features": int(agent.x.shape[1]),
-                         "backend": "numpy"})
+        status = Status(
+            agent.federation,
+            agent.client_id,
+            state,
+            agent.last_trained,
+            detail,
+            {
+                "num_examples": agent.num_examples,
+                "n_features": int(agent.x.shape[1]),
+                "backend": "numpy",
+            },
+        )
         session = self.sessions.get(agent.client_id)
         if session is None:
             failed: Future[None] = Future()
             failed.set_exception(FedgeError("no session"))
             return failed
-        return session.publish(Topics(agent.federation).status(agent.client_id), encode(status),
-                               qos=1, retain=True)
+        return session.publish(
+            Topics(agent.federation).status(agent.client_id), encode(status), qos=1, retain=True
+        )
 
     def _on_message(self, agent: AgentCore, message: Incoming) -> None:
         parsed = Topics(agent.federation).parse(message.topic)
@@ -105,8 +123,9 @@ class AgentRuntime:
         try:
             result = agent.train(job)
         except Exception as exc:
-            log.error("%s: training round %d failed: %s", agent.client_id,
-                      job.global_model.round, exc)
+            log.error(
+                "%s: training round %d failed: %s", agent.client_id, job.global_model.round, exc
+            )
             return
         topics = Topics(agent.federation)
         session = self.sessions[agent.client_id]
@@ -120,5 +139,10 @@ class AgentRuntime:
                     self.updates_sent += 1
 
         future.add_done_callback(acknowledged)
-        log.info("%s: round %d update sent (%d bytes, loss %.4f)", agent.client_id,
-                 result.round, len(result.update), result.values["loss"])
+        log.info(
+            "%s: round %d update sent (%d bytes, loss %.4f)",
+            agent.client_id,
+            result.round,
+            len(result.update),
+            result.values["loss"],
+        )

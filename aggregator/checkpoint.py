@@ -31,14 +31,19 @@ class Checkpoint:
 
 
 def save(state_dir: str | Path, checkpoint: Checkpoint) -> None:
-    write_msgpack(Path(state_dir) / FILENAME, {
-        "format": FORMAT,
-        "round": checkpoint.round,
-        "finished": checkpoint.finished,
-        "model_hash": checkpoint.model_hash,
-        "weights": [[name, list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes()]
-                    for name, a in checkpoint.weights.items()],
-    })
+    write_msgpack(
+        Path(state_dir) / FILENAME,
+        {
+            "format": FORMAT,
+            "round": checkpoint.round,
+            "finished": checkpoint.finished,
+            "model_hash": checkpoint.model_hash,
+            "weights": [
+                [name, list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes()]
+                for name, a in checkpoint.weights.items()
+            ],
+        },
+    )
 
 
 def load(state_dir: str | Path) -> Checkpoint | None:
@@ -50,12 +55,16 @@ def load(state_dir: str | Path) -> Checkpoint | None:
             return None
         if raw.get("format") != FORMAT:
             raise ValueError(f"format {raw.get('format')!r}")
-        weights = {name: np.frombuffer(data, dtype="<f4").reshape(shape).copy()
-                   for name, shape, data in raw["weights"]}
-        return Checkpoint(int(raw["round"]), weights, bytes(raw["model_hash"]),
-                          bool(raw.get("finished", False)))
+        weights = {
+            name: np.frombuffer(data, dtype="<f4").reshape(shape).copy()
+            for name, shape, data in raw["weights"]
+        }
+        return Checkpoint(
+            int(raw["round"]), weights, bytes(raw["model_hash"]), bool(raw.get("finished", False))
+        )
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"{path}: unreadable checkpoint ({exc}); move it away to start "
-                          "the federation afresh") from None
+        raise ConfigError(
+            f"{path}: unreadable checkpoint ({exc}); move it away to start the federation afresh"
+        ) from None

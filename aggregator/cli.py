@@ -22,9 +22,12 @@ exit codes: 0 done or stopped, 1 failed, 2 bad configuration"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedge-aggregator", epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Aggregate model updates of a fleet (FedAvg).")
+    p = argparse.ArgumentParser(
+        prog="fedge-aggregator",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Aggregate model updates of a fleet (FedAvg).",
+    )
     p.add_argument("--config", help="TOML file; flags override its keys")
     p.add_argument("--broker", help="HOST:PORT of the MQTT broker")
     p.add_argument("--federation")
@@ -44,10 +47,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-clients", type=int, help="quorum to close a round")
     p.add_argument("--target-clients", type=int, help="close as soon as this many reported")
-    p.add_argument("--start-clients", type=int,
-                   help="open the first round once this many agents are online")
-    p.add_argument("--round-timeout", type=float, dest="round_timeout_s",
-                   help="seconds until a round closes with what it has (>= min-clients)")
+    p.add_argument(
+        "--start-clients", type=int, help="open the first round once this many agents are online"
+    )
+    p.add_argument(
+        "--round-timeout",
+        type=float,
+        dest="round_timeout_s",
+        help="seconds until a round closes with what it has (>= min-clients)",
+    )
     p.add_argument("--max-update-norm", type=float)
     p.add_argument("--history", help="JSON Lines file, one object per round")
     p.add_argument("--log-level", default="INFO")

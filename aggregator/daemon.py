@@ -26,8 +26,18 @@ from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
 from fedge.protocol import Kind, Topics
-from fedge.wire import (Global, Hyper, Limits, ModelRef, Status, Task, encode, model_ref, now_ms,
-                        unpack)
+from fedge.wire import (
+    Global,
+    Hyper,
+    Limits,
+    ModelRef,
+    Status,
+    Task,
+    encode,
+    model_ref,
+    now_ms,
+    unpack,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +58,11 @@ def resolve_dimensions(config: AggregatorConfig) -> tuple[int, int, EvalData | N
     if config.test_data:
         from fedge.data import load_npz
 
-        x, y = load_npz(config.test_data, n_features=config.n_features or None,
-                        n_classes=config.n_classes or None)
+        x, y = load_npz(
+            config.test_data,
+            n_features=config.n_features or None,
+            n_classes=config.n_classes or None,
+        )
         return x.shape[1], config.n_classes or int(y.max()) + 1, EvalData(x, y)
     return config.n_features, config.n_classes, None
 
@@ -57,14 +70,21 @@ def resolve_dimensions(config: AggregatorConfig) -> tuple[int, int, EvalData | N
 class Aggregator:
     """Runs synchronous FedAvg rounds for one federation until ``rounds`` or ``stop``."""
 
-    def __init__(self, config: AggregatorConfig, *,
-                 on_round: Callable[[dict[str, Any]], None] | None = None) -> None:
+    def __init__(
+        self, config: AggregatorConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None
+    ) -> None:
         self.config = config
         self.on_round = on_round
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
-        self.rules = RoundRules(config.fraction, config.min_clients, config.target_clients,
-                                config.round_timeout_s, config.max_update_norm, config.codec)
+        self.rules = RoundRules(
+            config.fraction,
+            config.min_clients,
+            config.target_clients,
+            config.round_timeout_s,
+            config.max_update_norm,
+            config.codec,
+        )
         n_features, n_classes, self.eval_data = resolve_dimensions(config)
         self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
         self.spec = self.model.describe()
@@ -88,8 +108,11 @@ class Aggregator:
         self._connect()
         try:
             if self.finished:
-                log.info("federation %s already finished at round %d", self.config.federation,
-                         start_round - 1)
+                log.info(
+                    "federation %s already finished at round %d",
+                    self.config.federation,
+                    start_round - 1,
+                )
                 self._publish_global(start_round, weights, final=True).result(10)
                 return 0
             self._publish_task()
@@ -116,22 +139,32 @@ class Aggregator:
     def _resume(self) -> tuple[int, Params]:
         saved = checkpoint.load(self.config.state_dir)
         if saved is None:
-            log.info("fresh federation %s: model %s (%d parameters)", self.config.federation,
-                     self.config.model, num_parameters(self.model.get_weights()))
+            log.info(
+                "fresh federation %s: model %s (%d parameters)",
+                self.config.federation,
+                self.config.model,
+                num_parameters(self.model.get_weights()),
+            )
             return 1, self.model.get_weights()
         if saved.model_hash != self.model_ref.hash:
-            raise ConfigError(f"{self.config.state_dir}: checkpoint is for another model; use "
-                              "another state_dir or move the checkpoint away")
+            raise ConfigError(
+                f"{self.config.state_dir}: checkpoint is for another model; use "
+                "another state_dir or move the checkpoint away"
+            )
         self.finished = saved.finished
         log.info("resuming federation %s at round %d", self.config.federation, saved.round)
         return saved.round, saved.weights
 
     def _connect(self) -> None:
         self._loop = NetworkLoop("aggregator-mqtt").start()
-        self._session = self._loop.add(Session(
-            self.config.client_id, BrokerAddress.parse(self.config.broker),
-            subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
-            on_message=self._inbox.put))
+        self._session = self._loop.add(
+            Session(
+                self.config.client_id,
+                BrokerAddress.parse(self.config.broker),
+                subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
+                on_message=self._inbox.put,
+            )
+        )
         if not self._session.wait_connected(15):
             log.warning("broker %s not reachable yet; still trying", self.config.broker)
 
@@ -142,26 +175,56 @@ class Aggregator:
     # -- rounds ------------------------------------------------------------------------------
 
     def _publish_task(self) -> None:
-        task = Task(self.config.federation, self.config.client_id, self.model_ref, self.spec,
-                    self.layout, Hyper(self.config.epochs, self.config.batch_size,
-                                       self.config.lr), self.config.codec)
+        task = Task(
+            self.config.federation,
+            self.config.client_id,
+            self.model_ref,
+            self.spec,
+            self.layout,
+            Hyper(self.config.epochs, self.config.batch_size, self.config.lr),
+            self.config.codec,
+        )
         assert self._session is not None
         self._session.publish(self.topics.task, encode(task), qos=1, retain=True)
 
-    def _publish_global(self, round_number: int, weights: Params, *, final: bool = False,
-                        deadline_ms: int = 0, metrics: dict[str, float] | None = None) -> Any:
-        message = Global(self.config.federation, round_number, self.config.client_id,
-                         self.model_ref, weights, deadline_ms, self.rules.fraction,
-                         self.rules.min_clients, final, metrics or {})
+    def _publish_global(
+        self,
+        round_number: int,
+        weights: Params,
+        *,
+        final: bool = False,
+        deadline_ms: int = 0,
+        metrics: dict[str, float] | None = None,
+    ) -> Any:
+        message = Global(
+            self.config.federation,
+            round_number,
+            self.config.client_id,
+            self.model_ref,
+            weights,
+            deadline_ms,
+            self.rules.fraction,
+            self.rules.min_clients,
+            final,
+            metrics or {},
+        )
         assert self._session is not None
-        return self._session.publish(self.topics.global_model, encode(message), qos=1,
-                                     retain=True)
+        return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)
 
-    def _open_round(self, round_number: int, weights: Params,
-                    metrics: dict[str, float] | None = None) -> None:
+    def _open_round(
+        self, round_number: int, weights: Params, metrics: dict[str, float] | None = None
+    ) -> None:
         deadline = now_ms() + int(self.rules.round_timeout_s * 1000)
-        self.round = RoundState(self.config.federation, round_number, weights, self.model_ref,
-                                self.layout, self.rules, deadline, self.limits)
+        self.round = RoundState(
+            self.config.federation,
+            round_number,
+            weights,
+            self.model_ref,
+            self.layout,
+            self.rules,
+            deadline,
+            self.limits,
+        )
         self._round_started = time.monotonic()
         self._publish_global(round_number, weights, deadline_ms=deadline, metrics=metrics)
         log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
@@ -185,8 +248,13 @@ class Aggregator:
             verdict = self.round.offer(client, message.payload)
             if not verdict.accepted:
                 self.rejections[verdict.reason] += 1
-                log.warning("round %d: rejected update from %s: %s (%s)", self.round.round,
-                            client, verdict.reason, verdict.detail)
+                log.warning(
+                    "round %d: rejected update from %s: %s (%s)",
+                    self.round.round,
+                    client,
+                    verdict.reason,
+                    verdict.detail,
+                )
         elif kind is Kind.STATUS and client is not None:
             self._handle_status(client, message.payload)
 
@@ -217,9 +285,13 @@ class Aggregator:
             self._close(state)
         elif state.overdue(now):
             state.extend(now)
-            log.warning("round %d: %d of %d required updates by the deadline; extended by "
-                        "%.0fs", state.round, state.count, self.rules.min_clients,
-                        self.rules.round_timeout_s)
+            log.warning(
+                "round %d: %d of %d required updates by the deadline; extended by %.0fs",
+                state.round,
+                state.count,
+                self.rules.min_clients,
+                self.rules.round_timeout_s,
+            )
             self._publish_global(state.round, state.global_weights, deadline_ms=state.deadline_ms)
 
     def _close(self, state: RoundState) -> None:
@@ -227,17 +299,24 @@ class Aggregator:
         metrics = self._evaluate(weights)
         next_round = state.round + 1
         final = bool(self.config.rounds) and state.round >= self.config.rounds
-        checkpoint.save(self.config.state_dir,
-                        checkpoint.Checkpoint(next_round, weights, self.model_ref.hash, final))
+        checkpoint.save(
+            self.config.state_dir,
+            checkpoint.Checkpoint(next_round, weights, self.model_ref.hash, final),
+        )
         record = {
-            "round": state.round, "clients": state.count,
+            "round": state.round,
+            "clients": state.count,
             "examples": int(sum(state.contributors.values())),
-            "accuracy": metrics.get("accuracy"), "loss": metrics.get("loss"),
-            "params": num_parameters(weights), "uplink_bytes": state.uplink_bytes,
+            "accuracy": metrics.get("accuracy"),
+            "loss": metrics.get("loss"),
+            "params": num_parameters(weights),
+            "uplink_bytes": state.uplink_bytes,
             "float32_bytes": state.float32_bytes,
             "seconds": round(time.monotonic() - self._round_started, 3),
-            "rejected": dict(state.rejected), "extensions": state.extensions,
-            "codec": self.rules.codec, "ts": now_ms(),
+            "rejected": dict(state.rejected),
+            "extensions": state.extensions,
+            "codec": self.rules.codec,
+            "ts": now_ms(),
         }
         if self.config.history:
             history.append(self.config.history, record)
@@ -247,8 +326,12 @@ class Aggregator:
             self.finished = True
         else:
             self._open_round(next_round, weights, metrics)
-        log.info("round %d closed: %d clients, accuracy %s", state.round, state.count,
-                 metrics.get("accuracy"))
+        log.info(
+            "round %d closed: %d clients, accuracy %s",
+            state.round,
+            state.count,
+            metrics.get("accuracy"),
+        )
         if self.on_round is not None:
             self.on_round(record)
 

@@ -99,34 +99,45 @@ class RoundState:
         if update.federation != self.federation:
             raise WireError(f"federation {update.federation!r}", reason=Reason.FEDERATION.value)
         if update.sender != topic_client:
-            raise WireError(f"sender {update.sender!r} on the topic of {topic_client!r}",
-                            reason=Reason.SENDER.value)
+            raise WireError(
+                f"sender {update.sender!r} on the topic of {topic_client!r}",
+                reason=Reason.SENDER.value,
+            )
         if update.model != self.model:
-            raise WireError(f"model {update.model.id!r}/{update.model.hash.hex()[:12]}",
-                            reason=Reason.MODEL.value)
+            raise WireError(
+                f"model {update.model.id!r}/{update.model.hash.hex()[:12]}",
+                reason=Reason.MODEL.value,
+            )
         if update.round < self.round:
-            raise WireError(f"round {update.round} < open round {self.round}",
-                            reason=Reason.STALE.value)
+            raise WireError(
+                f"round {update.round} < open round {self.round}", reason=Reason.STALE.value
+            )
         if update.round > self.round:
-            raise WireError(f"round {update.round} > open round {self.round}",
-                            reason=Reason.FUTURE.value)
+            raise WireError(
+                f"round {update.round} > open round {self.round}", reason=Reason.FUTURE.value
+            )
         if update.base != self.base_hash:
             raise WireError("trained from another global model", reason=Reason.STALE.value)
         if topic_client in self.contributors:
-            raise WireError(f"second update from {topic_client!r} in round {self.round}",
-                            reason=Reason.DUPLICATE.value)
+            raise WireError(
+                f"second update from {topic_client!r} in round {self.round}",
+                reason=Reason.DUPLICATE.value,
+            )
         delta = update.decode_delta(self.layout, self.rules.codec)
         if self.rules.max_update_norm > 0:
             norm = P.l2_norm(delta)
             if norm > self.rules.max_update_norm:
-                raise WireError(f"norm {norm:.3g} > bound {self.rules.max_update_norm:.3g}",
-                                reason=Reason.NORM.value)
+                raise WireError(
+                    f"norm {norm:.3g} > bound {self.rules.max_update_norm:.3g}",
+                    reason=Reason.NORM.value,
+                )
         return update, delta
 
     def expected(self, online: set[str]) -> set[str]:
         """The online clients the sampling rule picks for this round."""
-        return {c for c in online
-                if is_sampled(self.federation, self.round, c, self.rules.fraction)}
+        return {
+            c for c in online if is_sampled(self.federation, self.round, c, self.rules.fraction)
+        }
 
     def ready(self, now_ms: int, online: set[str]) -> bool:
         """Close now? At the target count, when every expected client reported, or at the
@@ -151,8 +162,9 @@ class RoundState:
     def close(self) -> Params:
         """The next global model; the round must have quorum."""
         if self.count < self.rules.min_clients:
-            raise RuntimeError(f"round {self.round} has {self.count} updates, "
-                               f"needs {self.rules.min_clients}")
+            raise RuntimeError(
+                f"round {self.round} has {self.count} updates, needs {self.rules.min_clients}"
+            )
         return self.strategy.finish()
 
 

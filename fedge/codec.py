@@ -27,7 +27,7 @@ class Codec(ABC):
 
     @abstractmethod
     def encode_data(self, array: np.ndarray, rng: np.random.Generator) -> WireTensor:
-        """Codec fields for ``array`` (at least ``data``); name/shape/dtype/codec added by caller."""
+        """Codec fields for ``array`` (at least ``data``); the caller adds name/shape/codec."""
 
     @abstractmethod
     def decode_data(self, tensor: Mapping[str, Any], size: int) -> np.ndarray:
@@ -87,8 +87,9 @@ class Int8Codec(Codec):
             raise CodecError("int8 tensor needs a numeric 'scale'")
         scale32 = np.float32(scale)
         if not math.isfinite(float(scale)) or scale < 0 or not np.isfinite(scale32):
-            raise WireError(f"int8 scale {scale!r} is not a finite non-negative float32",
-                            reason="nonfinite")
+            raise WireError(
+                f"int8 scale {scale!r} is not a finite non-negative float32", reason="nonfinite"
+            )
         data = _bytes_field(tensor, "data", size)
         return np.frombuffer(data, dtype=np.int8).astype(np.float32) * scale32
 
@@ -105,14 +106,16 @@ def get_codec(name: str) -> Codec:
         raise ValueError(f"unknown codec {name!r}; known: {', '.join(sorted(CODECS))}") from None
 
 
-def encode_params(params: Mapping[str, np.ndarray], codec: Codec,
-                  rng: np.random.Generator) -> list[WireTensor]:
+def encode_params(
+    params: Mapping[str, np.ndarray], codec: Codec, rng: np.random.Generator
+) -> list[WireTensor]:
     """Every tensor of ``params`` in layout order."""
     return [codec.encode(name, array, rng) for name, array in params.items()]
 
 
-def decode_params(tensors: Any, spec: Sequence[TensorSpec], *,
-                  allowed_codecs: Sequence[str] | None = None) -> Params:
+def decode_params(
+    tensors: Any, spec: Sequence[TensorSpec], *, allowed_codecs: Sequence[str] | None = None
+) -> Params:
     """Wire tensors -> Params, checked against the model layout ``spec``.
 
     Raises WireError with reason ``shape`` (names, order, shapes, count), ``malformed``
@@ -123,31 +126,36 @@ def decode_params(tensors: Any, spec: Sequence[TensorSpec], *,
     if len(tensors) != len(spec):
         raise WireError(f"{len(tensors)} tensors, model has {len(spec)}", reason="shape")
     out: Params = {}
-    for tensor, (name, shape) in zip(tensors, spec):
+    for tensor, (name, shape) in zip(tensors, spec, strict=True):
         out[name] = _decode_one(tensor, name, shape, allowed_codecs)
     return out
 
 
-def _decode_one(tensor: Any, name: str, shape: tuple[int, ...],
-                allowed_codecs: Sequence[str] | None) -> np.ndarray:
+def _decode_one(
+    tensor: Any, name: str, shape: tuple[int, ...], allowed_codecs: Sequence[str] | None
+) -> np.ndarray:
     if not isinstance(tensor, dict):
         raise CodecError(f"tensor {name!r} must be a map")
     if tensor.get("name") != name:
         raise WireError(f"expected tensor {name!r}, got {tensor.get('name')!r}", reason="shape")
     wire_shape = tensor.get("shape")
-    if (not isinstance(wire_shape, list)
-            or not all(isinstance(d, int) and not isinstance(d, bool) for d in wire_shape)
-            or tuple(wire_shape) != tuple(shape)):
-        raise WireError(f"tensor {name!r} shape {wire_shape!r}, model has {list(shape)}",
-                        reason="shape")
+    if (
+        not isinstance(wire_shape, list)
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in wire_shape)
+        or tuple(wire_shape) != tuple(shape)
+    ):
+        raise WireError(
+            f"tensor {name!r} shape {wire_shape!r}, model has {list(shape)}", reason="shape"
+        )
     if tensor.get("dtype") != "float32":
         raise CodecError(f"tensor {name!r} dtype {tensor.get('dtype')!r}; only float32 exists")
     codec_name = tensor.get("codec")
     if not isinstance(codec_name, str) or codec_name not in CODECS:
         raise CodecError(f"tensor {name!r} has unknown codec {codec_name!r}")
     if allowed_codecs is not None and codec_name not in allowed_codecs:
-        raise CodecError(f"tensor {name!r} uses codec {codec_name!r}; task allows "
-                         f"{list(allowed_codecs)}")
+        raise CodecError(
+            f"tensor {name!r} uses codec {codec_name!r}; task allows {list(allowed_codecs)}"
+        )
     size = int(np.prod(shape, dtype=np.int64))
     values = CODECS[codec_name].decode_data(tensor, size)
     if not np.all(np.isfinite(values)):

@@ -63,15 +63,27 @@ class AggregatorConfig:
         _check(0 < self.lr <= 100, "lr", self.lr, "0 < lr <= 100")
         _check(0 < self.fraction <= 1, "fraction", self.fraction, "0 < fraction <= 1")
         _check(self.min_clients >= 1, "min_clients", self.min_clients, ">= 1")
-        _check(self.target_clients == 0 or self.target_clients >= self.min_clients,
-               "target_clients", self.target_clients, "0 (all sampled) or >= min_clients")
+        _check(
+            self.target_clients == 0 or self.target_clients >= self.min_clients,
+            "target_clients",
+            self.target_clients,
+            "0 (all sampled) or >= min_clients",
+        )
         _check(self.start_clients >= 0, "start_clients", self.start_clients, ">= 0")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
         _check(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
-        _check(1024 <= self.max_update_bytes <= 256 << 20, "max_update_bytes",
-               self.max_update_bytes, "1 KiB .. 256 MiB")
-        _check(bool(self.dataset or self.test_data or (self.n_features and self.n_classes)),
-               "dataset", self.dataset, "a dataset name, test_data, or n_features + n_classes")
+        _check(
+            1024 <= self.max_update_bytes <= 256 << 20,
+            "max_update_bytes",
+            self.max_update_bytes,
+            "1 KiB .. 256 MiB",
+        )
+        _check(
+            bool(self.dataset or self.test_data or (self.n_features and self.n_classes)),
+            "dataset",
+            self.dataset,
+            "a dataset name, test_data, or n_features + n_classes",
+        )
 
 
 @dataclass(frozen=True)
@@ -92,11 +104,19 @@ class AgentConfig:
         _check_broker(self.broker)
         _check(valid_name(self.federation), "federation", self.federation, "1-64 of [A-Za-z0-9_.-]")
         _check(valid_name(self.client_id), "client_id", self.client_id, "1-64 of [A-Za-z0-9_.-]")
-        _check(bool(self.data) != bool(self.dataset), "data", self.data,
-               "exactly one of data (an .npz file) or dataset")
+        _check(
+            bool(self.data) != bool(self.dataset),
+            "data",
+            self.data,
+            "exactly one of data (an .npz file) or dataset",
+        )
         _check(self.num_clients >= 1, "num_clients", self.num_clients, ">= 1")
-        _check(0 <= self.client_index < self.num_clients, "client_index", self.client_index,
-               "0 <= client_index < num_clients")
+        _check(
+            0 <= self.client_index < self.num_clients,
+            "client_index",
+            self.client_index,
+            "0 <= client_index < num_clients",
+        )
         _check(5 <= self.keepalive <= 3600, "keepalive", self.keepalive, "5..3600 seconds")
 
 
@@ -127,8 +147,7 @@ def _build(cls: type[C], values: dict[str, Any], source: str) -> C:
         if expected is float and isinstance(value, int) and not isinstance(value, bool):
             values[key] = float(value)
         elif not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
-            raise ConfigError(f"{source}: key {key!r} must be {expected.__name__}, "
-                              f"got {value!r}")
+            raise ConfigError(f"{source}: key {key!r} must be {expected.__name__}, got {value!r}")
     config = cls(**values)
     try:
         config.validate()  # type: ignore[attr-defined]

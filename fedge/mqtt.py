@@ -99,8 +99,12 @@ class Session:
         self._pending: dict[int, Future[None]] = {}
         self._loop: NetworkLoop | None = None
         self.connects = 0
-        client = paho.Client(paho.CallbackAPIVersion.VERSION2, client_id=client_id,
-                             protocol=paho.MQTTv311, clean_session=clean_session)
+        client = paho.Client(
+            paho.CallbackAPIVersion.VERSION2,
+            client_id=client_id,
+            protocol=paho.MQTTv311,
+            clean_session=clean_session,
+        )
         if username is not None:
             client.username_pw_set(username, password)
         if will is not None:
@@ -115,7 +119,9 @@ class Session:
         client.on_socket_open = lambda c, u, sock: self._loop and self._loop._watch(self, sock)
         client.on_socket_close = lambda c, u, sock: self._loop and self._loop._unwatch(sock)
         client.on_socket_register_write = lambda c, u, s: self._loop and self._loop._want(s, True)
-        client.on_socket_unregister_write = lambda c, u, s: self._loop and self._loop._want(s, False)
+        client.on_socket_unregister_write = lambda c, u, s: (
+            self._loop and self._loop._want(s, False)
+        )
         client.connect_async(broker.host, broker.port, keepalive)
         self._client = client
 
@@ -126,8 +132,9 @@ class Session:
     def wait_connected(self, timeout: float) -> bool:
         return self._connected.wait(timeout)
 
-    def publish(self, topic: str, payload: bytes, *, qos: int = 1,
-                retain: bool = False) -> Future[None]:
+    def publish(
+        self, topic: str, payload: bytes, *, qos: int = 1, retain: bool = False
+    ) -> Future[None]:
         """Queue a message; the future resolves when the broker acks it (QoS 1) or it is sent.
 
         While disconnected, QoS 1 messages wait in the session (bounded by ``max_queued``) and
@@ -147,8 +154,9 @@ class Session:
 
     # -- loop thread only ------------------------------------------------------------------
 
-    def _do_publish(self, topic: str, payload: bytes, qos: int, retain: bool,
-                    future: Future[None]) -> None:
+    def _do_publish(
+        self, topic: str, payload: bytes, qos: int, retain: bool, future: Future[None]
+    ) -> None:
         if self._closed:
             future.set_exception(BrokerError(f"session {self.client_id} is closed"))
             return
@@ -188,11 +196,22 @@ class Session:
         try:
             self._client.reconnect()
         except (OSError, ValueError) as exc:
-            log.info("%s: cannot reach broker %s (%s); retry in %.1fs", self.client_id,
-                     self.broker, exc, self._next_attempt - now)
+            log.info(
+                "%s: cannot reach broker %s (%s); retry in %.1fs",
+                self.client_id,
+                self.broker,
+                exc,
+                self._next_attempt - now,
+            )
 
-    def _handle_connect(self, client: paho.Client, userdata: object, flags: object,
-                        reason_code: paho.ReasonCode, properties: object) -> None:
+    def _handle_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: object,
+        reason_code: paho.ReasonCode,
+        properties: object,
+    ) -> None:
         if reason_code.is_failure:
             log.warning("%s: broker refused connection: %s", self.client_id, reason_code)
             return
@@ -205,23 +224,37 @@ class Session:
         if self.on_connect is not None:
             _safely(self.on_connect, self.client_id)
 
-    def _handle_disconnect(self, client: paho.Client, userdata: object, flags: object,
-                           reason_code: paho.ReasonCode, properties: object) -> None:
+    def _handle_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: object,
+        reason_code: paho.ReasonCode,
+        properties: object,
+    ) -> None:
         was = self._connected.is_set()
         self._connected.clear()
         if was and not self._closed:
             log.info("%s: disconnected (%s); reconnecting", self.client_id, reason_code)
             self._next_attempt = time.monotonic() + self.min_backoff * random.uniform(0.5, 1.0)
 
-    def _handle_message(self, client: paho.Client, userdata: object,
-                        message: paho.MQTTMessage) -> None:
+    def _handle_message(
+        self, client: paho.Client, userdata: object, message: paho.MQTTMessage
+    ) -> None:
         if self.on_message is not None:
-            incoming = Incoming(message.topic, bytes(message.payload), bool(message.retain),
-                                int(message.qos))
+            incoming = Incoming(
+                message.topic, bytes(message.payload), bool(message.retain), int(message.qos)
+            )
             _safely(lambda: self.on_message(incoming), self.client_id)  # type: ignore[misc]
 
-    def _handle_publish(self, client: paho.Client, userdata: object, mid: int,
-                        reason_code: paho.ReasonCode, properties: object) -> None:
+    def _handle_publish(
+        self,
+        client: paho.Client,
+        userdata: object,
+        mid: int,
+        reason_code: paho.ReasonCode,
+        properties: object,
+    ) -> None:
         future = self._pending.pop(mid, None)
         if future is not None and not future.done():
             future.set_result(None)
@@ -289,7 +322,7 @@ class NetworkLoop:
             now = time.monotonic()
             if now - last_misc >= 0.25:
                 for session in self._sessions:
-                    _safely(lambda s=session: s._maintain(now), session.client_id)
+                    _safely(lambda s=session, t=now: s._maintain(t), session.client_id)
                 last_misc = now
             for key, events in self._selector.select(timeout=0.1):
                 if key.data is None:

@@ -44,7 +44,9 @@ def add(a: Mapping[str, np.ndarray], b: Mapping[str, np.ndarray]) -> Params:
 
 
 def l2_norm(params: Mapping[str, np.ndarray]) -> float:
-    return float(np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in params.values())))
+    return float(
+        np.sqrt(sum(float(np.sum(np.square(a, dtype=np.float64))) for a in params.values()))
+    )
 
 
 def all_finite(params: Mapping[str, np.ndarray]) -> bool:

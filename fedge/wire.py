@@ -70,23 +70,31 @@ def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise WireError("payload is not bytes", reason=Reason.MALFORMED.value)
     if len(payload) > limits.max_bytes:
-        raise WireError(f"payload of {len(payload)} bytes exceeds {limits.max_bytes}",
-                        reason=Reason.OVERSIZE.value)
+        raise WireError(
+            f"payload of {len(payload)} bytes exceeds {limits.max_bytes}",
+            reason=Reason.OVERSIZE.value,
+        )
     try:
         obj = msgpack.unpackb(
-            bytes(payload), raw=False, strict_map_key=True, use_list=True,
+            bytes(payload),
+            raw=False,
+            strict_map_key=True,
+            use_list=True,
             max_str_len=limits.max_str,
-            max_bin_len=limits.max_bytes, max_array_len=limits.max_items,
-            max_map_len=limits.max_items, max_ext_len=0,
+            max_bin_len=limits.max_bytes,
+            max_array_len=limits.max_items,
+            max_map_len=limits.max_items,
+            max_ext_len=0,
         )
     except Exception as exc:  # msgpack raises several unrelated types; all mean malformed
-        raise WireError(f"not a valid msgpack document: {exc}", reason=Reason.MALFORMED.value)
+        raise WireError(f"not msgpack: {exc}", reason=Reason.MALFORMED.value) from None
     if not isinstance(obj, dict):
         raise WireError("message must be a msgpack map", reason=Reason.MALFORMED.value)
     return obj
 
 
 # -- field readers: one place that knows how to refuse ---------------------------------------
+
 
 def _bad(msg: str, reason: Reason = Reason.MALFORMED) -> WireError:
     return WireError(msg, reason=reason.value)
@@ -99,8 +107,9 @@ def _get(m: Mapping[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any:
     if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
         raise _bad(f"field {key!r} must be {kinds}, got bool")
     if not isinstance(value, kinds):
-        raise _bad(f"field {key!r} must be {getattr(kinds, '__name__', kinds)}, "
-                   f"got {type(value).__name__}")
+        raise _bad(
+            f"field {key!r} must be {getattr(kinds, '__name__', kinds)}, got {type(value).__name__}"
+        )
     return value
 
 
@@ -150,6 +159,7 @@ def _metrics(m: Mapping[str, Any], key: str, limits: Limits) -> dict[str, float]
 
 # -- the header every message carries -----------------------------------------------------
 
+
 @dataclass(frozen=True)
 class ModelRef:
     """Which model a message concerns: a readable id and the SHA-256 of its spec and layout."""
@@ -172,8 +182,12 @@ class ModelRef:
 
 def model_ref(model_id: str, spec: Mapping[str, Any], layout: list[TensorSpec]) -> ModelRef:
     """The content hash that names a model: SHA-256 of msgpack([spec, layout])."""
-    canonical = pack({"spec": dict(sorted(spec.items())),
-                      "layout": [[name, list(shape)] for name, shape in layout]})
+    canonical = pack(
+        {
+            "spec": dict(sorted(spec.items())),
+            "layout": [[name, list(shape)] for name, shape in layout],
+        }
+    )
     return ModelRef(model_id, hashlib.sha256(canonical).digest())
 
 
@@ -187,11 +201,18 @@ def _header(kind: Kind, m: Mapping[str, Any]) -> tuple[str, int, str, int]:
 
 
 def _envelope(kind: Kind, federation: str, round_number: int, sender: str, ts: int) -> dict:
-    return {"v": VERSION, "kind": kind.value, "federation": federation,
-            "round": round_number, "sender": sender, "ts": ts}
+    return {
+        "v": VERSION,
+        "kind": kind.value,
+        "federation": federation,
+        "round": round_number,
+        "sender": sender,
+        "ts": ts,
+    }
 
 
 # -- messages --------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class Hyper:
@@ -208,8 +229,11 @@ class Hyper:
     def from_wire(cls, m: Any) -> Hyper:
         if not isinstance(m, dict):
             raise _bad("field 'hyper' must be a map")
-        return cls(_int(m, "epochs", 1, 1000), _int(m, "batch_size", 1, 1 << 20),
-                   _float(m, "lr", 0.0, 100.0))
+        return cls(
+            _int(m, "epochs", 1, 1000),
+            _int(m, "batch_size", 1, 1 << 20),
+            _float(m, "lr", 0.0, 100.0),
+        )
 
 
 @dataclass(frozen=True)
@@ -228,10 +252,14 @@ class Task:
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
-                "model": self.model.to_wire(), "model_spec": self.model_spec,
-                "layout": [[n, list(s)] for n, s in self.layout],
-                "hyper": self.hyper.to_wire(), "codec": self.codec}
+        return {
+            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            "model": self.model.to_wire(),
+            "model_spec": self.model_spec,
+            "layout": [[n, list(s)] for n, s in self.layout],
+            "hyper": self.hyper.to_wire(),
+            "codec": self.codec,
+        }
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Task:
@@ -241,8 +269,17 @@ class Task:
             raise _bad("model_spec has too many fields")
         layout = _layout(_get(m, "layout", list))
         codec = _get(m, "codec", str)
-        return cls(federation, sender, ModelRef.from_wire(m.get("model")), spec, layout,
-                   Hyper.from_wire(m.get("hyper")), codec, round_number, ts)
+        return cls(
+            federation,
+            sender,
+            ModelRef.from_wire(m.get("model")),
+            spec,
+            layout,
+            Hyper.from_wire(m.get("hyper")),
+            codec,
+            round_number,
+            ts,
+        )
 
 
 def _layout(raw: list) -> list[TensorSpec]:
@@ -250,10 +287,16 @@ def _layout(raw: list) -> list[TensorSpec]:
         raise _bad("layout must list 1-256 tensors")
     out: list[TensorSpec] = []
     for item in raw:
-        if (not isinstance(item, list) or len(item) != 2 or not isinstance(item[0], str)
-                or not isinstance(item[1], list) or len(item[1]) > 8
-                or not all(isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 28
-                           for d in item[1])):
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or not isinstance(item[0], str)
+            or not isinstance(item[1], list)
+            or len(item[1]) > 8
+            or not all(
+                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 28 for d in item[1]
+            )
+        ):
             raise _bad(f"bad layout entry {item!r:.80}")
         out.append((item[0], tuple(item[1])))
     if len({name for name, _ in out}) != len(out):
@@ -291,14 +334,22 @@ class Global:
 
     def to_wire(self) -> dict[str, Any]:
         tensors = encode_params(self.weights, Float32Codec(), np.random.default_rng(0))
-        return {**_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
-                "model": self.model.to_wire(), "weights_hash": self.weights_hash,
-                "weights": tensors, "deadline": self.deadline, "fraction": self.fraction,
-                "min_clients": self.min_clients, "final": self.final, "metrics": self.metrics}
+        return {
+            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            "model": self.model.to_wire(),
+            "weights_hash": self.weights_hash,
+            "weights": tensors,
+            "deadline": self.deadline,
+            "fraction": self.fraction,
+            "min_clients": self.min_clients,
+            "final": self.final,
+            "metrics": self.metrics,
+        }
 
     @classmethod
-    def from_wire(cls, m: Mapping[str, Any], layout: list[TensorSpec],
-                  limits: Limits = DEFAULT_LIMITS) -> Global:
+    def from_wire(
+        cls, m: Mapping[str, Any], layout: list[TensorSpec], limits: Limits = DEFAULT_LIMITS
+    ) -> Global:
         """Decode against the task's layout; the weights must hash to ``weights_hash``."""
         from fedge.params import content_hash
 
@@ -307,9 +358,19 @@ class Global:
         if content_hash(weights) != _hash(m, "weights_hash"):
             raise _bad("weights do not match weights_hash")
         final = _get(m, "final", bool)
-        return cls(federation, round_number, sender, ModelRef.from_wire(m.get("model")),
-                   weights, _int(m, "deadline"), _float(m, "fraction", 0.0, 1.0),
-                   _int(m, "min_clients", 1, 1 << 20), final, _metrics(m, "metrics", limits), ts)
+        return cls(
+            federation,
+            round_number,
+            sender,
+            ModelRef.from_wire(m.get("model")),
+            weights,
+            _int(m, "deadline"),
+            _float(m, "fraction", 0.0, 1.0),
+            _int(m, "min_clients", 1, 1 << 20),
+            final,
+            _metrics(m, "metrics", limits),
+            ts,
+        )
 
 
 @dataclass(frozen=True)
@@ -328,22 +389,34 @@ class Update:
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
-                "model": self.model.to_wire(), "base": self.base,
-                "num_examples": self.num_examples, "delta": self.delta, "metrics": self.metrics}
+        return {
+            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            "model": self.model.to_wire(),
+            "base": self.base,
+            "num_examples": self.num_examples,
+            "delta": self.delta,
+            "metrics": self.metrics,
+        }
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Update:
         federation, round_number, sender, ts = _header(cls.kind, m)
         delta = _get(m, "delta", list)
-        return cls(federation, round_number, sender, ModelRef.from_wire(m.get("model")),
-                   _hash(m, "base"), _int(m, "num_examples", 1, 1 << 40), delta,
-                   _metrics(m, "metrics", limits), ts)
+        return cls(
+            federation,
+            round_number,
+            sender,
+            ModelRef.from_wire(m.get("model")),
+            _hash(m, "base"),
+            _int(m, "num_examples", 1, 1 << 40),
+            delta,
+            _metrics(m, "metrics", limits),
+            ts,
+        )
 
     def decode_delta(self, layout: list[TensorSpec], codec: str | None = None) -> Params:
         """The float32 delta, checked against the model layout (and the task's codec)."""
-        return decode_params(self.delta, layout,
-                             allowed_codecs=None if codec is None else (codec,))
+        return decode_params(self.delta, layout, allowed_codecs=None if codec is None else (codec,))
 
 
 STATES = ("online", "offline", "declined", "error")
@@ -363,8 +436,12 @@ class Status:
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
-                "state": self.state, "detail": self.detail, "caps": self.caps}
+        return {
+            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            "state": self.state,
+            "detail": self.detail,
+            "caps": self.caps,
+        }
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Status:
@@ -391,8 +468,10 @@ class Metrics:
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {**_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
-                "metrics": self.values}
+        return {
+            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            "metrics": self.values,
+        }
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Metrics:

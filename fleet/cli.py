@@ -38,9 +38,12 @@ closed, timeout), 2 bad arguments, 130 interrupted"""
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fedge-fleet", epilog=EXAMPLE,
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Emulate a federated fleet on this machine.")
+    p = argparse.ArgumentParser(
+        prog="fedge-fleet",
+        epilog=EXAMPLE,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Emulate a federated fleet on this machine.",
+    )
     p.add_argument("--clients", type=int, default=20, help="number of agents (default 20)")
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer"])
@@ -48,19 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default="mlp", help="logreg | mlp | mlp:H | mlp:H1,H2")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--codec", default="int8", choices=["int8", "float32"])
-    p.add_argument("--epochs", type=int, default=2, help="local epochs per round")
+    p.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
     p.add_argument("--fraction", type=float, default=1.0)
     p.add_argument("--min-clients", type=int, default=1)
     p.add_argument("--round-timeout", type=float, default=60.0)
-    p.add_argument("--workers", type=int, default=0,
-                   help="agent host processes (default: one per CPU core, at most N)")
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=0,
+        help="agent host processes (default: one per CPU core, at most N)",
+    )
     p.add_argument("--history", help="JSON Lines file, one object per round")
     p.add_argument("--workdir", help="keep broker, state and logs here (default: temporary)")
     p.add_argument("--timeout", type=float, default=1800, help="give up after this many seconds")
-    p.add_argument("--centralised-baseline", action="store_true",
-                   help="also train the same model on all training data and print its accuracy")
+    p.add_argument(
+        "--centralised-baseline",
+        action="store_true",
+        help="also train the same model on all training data and print its accuracy",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -76,21 +86,45 @@ class Fleet:
 
     def start_workers(self) -> None:
         count = self.args.workers or min(self.args.clients, os.cpu_count() or 1)
-        env = {**os.environ, "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1",
-               "MKL_NUM_THREADS": "1"}
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "OPENBLAS_NUM_THREADS": "1",
+            "MKL_NUM_THREADS": "1",
+        }
         logs = self.workdir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         for w in range(count):
             indices = ",".join(str(i) for i in range(w, self.args.clients, count))
-            cmd = [sys.executable, "-m", "fleet.worker", "--broker", self.broker.address,
-                   "--federation", "fleet", "--dataset", self.args.dataset,
-                   "--partition", self.args.partition, "--num-clients", str(self.args.clients),
-                   "--indices", indices, "--seed", str(self.args.seed),
-                   "--state-root", str(self.workdir / "agents"),
-                   "--log-level", self.args.log_level]
+            cmd = [
+                sys.executable,
+                "-m",
+                "fleet.worker",
+                "--broker",
+                self.broker.address,
+                "--federation",
+                "fleet",
+                "--dataset",
+                self.args.dataset,
+                "--partition",
+                self.args.partition,
+                "--num-clients",
+                str(self.args.clients),
+                "--indices",
+                indices,
+                "--seed",
+                str(self.args.seed),
+                "--state-root",
+                str(self.workdir / "agents"),
+                "--log-level",
+                self.args.log_level,
+            ]
             with open(logs / f"worker-{w}.log", "wb") as out:
-                self.workers.append(subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT,
-                                                     env=env, start_new_session=True))
+                self.workers.append(
+                    subprocess.Popen(
+                        cmd, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+                    )
+                )
 
     def dead_workers(self) -> list[int]:
         return [w.returncode for w in self.workers if w.poll() is not None]
@@ -110,14 +144,28 @@ class Fleet:
 
 
 def aggregator_config(args: argparse.Namespace, workdir: Path, broker: str) -> AggregatorConfig:
-    return load(AggregatorConfig, None, {
-        "broker": broker, "federation": "fleet", "state_dir": str(workdir / "aggregator"),
-        "model": args.model, "dataset": args.dataset, "seed": args.seed,
-        "rounds": args.rounds, "epochs": args.epochs, "batch_size": args.batch_size,
-        "lr": args.lr, "codec": args.codec, "fraction": args.fraction,
-        "min_clients": args.min_clients, "start_clients": args.clients,
-        "round_timeout_s": args.round_timeout, "history": args.history or "",
-    })
+    return load(
+        AggregatorConfig,
+        None,
+        {
+            "broker": broker,
+            "federation": "fleet",
+            "state_dir": str(workdir / "aggregator"),
+            "model": args.model,
+            "dataset": args.dataset,
+            "seed": args.seed,
+            "rounds": args.rounds,
+            "epochs": args.epochs,
+            "batch_size": args.batch_size,
+            "lr": args.lr,
+            "codec": args.codec,
+            "fraction": args.fraction,
+            "min_clients": args.min_clients,
+            "start_clients": args.clients,
+            "round_timeout_s": args.round_timeout,
+            "history": args.history or "",
+        },
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -150,8 +198,13 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(workdir, ignore_errors=True)
 
 
-def run(args: argparse.Namespace, fleet: Fleet, workdir: Path, stop: threading.Event,
-        interrupted: threading.Event) -> int:
+def run(
+    args: argparse.Namespace,
+    fleet: Fleet,
+    workdir: Path,
+    stop: threading.Event,
+    interrupted: threading.Event,
+) -> int:
     fleet.broker.start()
     config = aggregator_config(args, workdir, fleet.broker.address)
     printer = RoundPrinter(args.rounds, args.clients)
@@ -174,8 +227,10 @@ def run(args: argparse.Namespace, fleet: Fleet, workdir: Path, stop: threading.E
     while thread.is_alive():
         thread.join(0.5)
         if fleet.dead_workers():
-            print(f"fedge-fleet: a worker exited ({fleet.dead_workers()}); see "
-                  f"{workdir / 'logs'}", file=sys.stderr)
+            print(
+                f"fedge-fleet: a worker exited ({fleet.dead_workers()}); see {workdir / 'logs'}",
+                file=sys.stderr,
+            )
             stop.set()
         if time.monotonic() > deadline:
             print(f"fedge-fleet: timed out after {args.timeout:.0f}s", file=sys.stderr)

@@ -23,9 +23,11 @@ class RoundPrinter:
 
     def header(self, args: argparse.Namespace, aggregator: Any, broker: str) -> None:
         params = aggregator.model.num_parameters
-        _out(f"fedge-fleet: {args.clients} agents, {args.rounds} rounds, {args.dataset} "
-             f"({args.partition}), model {args.model} ({params} parameters), codec {args.codec}, "
-             f"broker {broker}")
+        _out(
+            f"fedge-fleet: {args.clients} agents, {args.rounds} rounds, {args.dataset} "
+            f"({args.partition}), model {args.model} ({params} parameters), codec {args.codec}, "
+            f"broker {broker}"
+        )
 
     def baseline(self, accuracy: float) -> None:
         _out(f"centralised baseline (same model, all training data): accuracy {accuracy:.4f}")
@@ -34,10 +36,12 @@ class RoundPrinter:
         self.records.append(record)
         accuracy = record.get("accuracy")
         share = record["uplink_bytes"] / record["float32_bytes"] if record["float32_bytes"] else 0
-        _out(f"round {record['round']:>3}/{self.rounds}  clients {record['clients']:>3}/"
-             f"{self.clients}  uplink {human_bytes(record['uplink_bytes']):>9} "
-             f"({share:5.1%} of float32)  accuracy "
-             f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}  {record['seconds']:6.2f}s")
+        _out(
+            f"round {record['round']:>3}/{self.rounds}  clients {record['clients']:>3}/"
+            f"{self.clients}  uplink {human_bytes(record['uplink_bytes']):>9} "
+            f"({share:5.1%} of float32)  accuracy "
+            f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}  {record['seconds']:6.2f}s"
+        )
 
     def summary(self, rejections: Mapping[str, int]) -> None:
         if not self.records:
@@ -45,9 +49,11 @@ class RoundPrinter:
         up = sum(r["uplink_bytes"] for r in self.records)
         f32 = sum(r["float32_bytes"] for r in self.records)
         best = max((r["accuracy"] or 0.0) for r in self.records)
-        _out(f"done: final accuracy {self.records[-1]['accuracy']:.4f} (best {best:.4f}); "
-             f"uplink {human_bytes(up)} = {up / f32:.1%} of float32 ({human_bytes(f32)}); "
-             f"rejected {dict(rejections) or 0}")
+        _out(
+            f"done: final accuracy {self.records[-1]['accuracy']:.4f} (best {best:.4f}); "
+            f"uplink {human_bytes(up)} = {up / f32:.1%} of float32 ({human_bytes(f32)}); "
+            f"rejected {dict(rejections) or 0}"
+        )
 
 
 def _out(text: str) -> None:

@@ -43,9 +43,16 @@ def main(argv: list[str] | None = None) -> int:
     agents = []
     for index in (int(i) for i in args.indices.split(",") if i):
         rows = parts[index]
-        agents.append(AgentCore(client_name(index), args.federation, data.x_train[rows],
-                                data.y_train[rows], seed=args.seed + index,
-                                state_dir=Path(args.state_root) / client_name(index)))
+        agents.append(
+            AgentCore(
+                client_name(index),
+                args.federation,
+                data.x_train[rows],
+                data.y_train[rows],
+                seed=args.seed + index,
+                state_dir=Path(args.state_root) / client_name(index),
+            )
+        )
     runtime = AgentRuntime(BrokerAddress.parse(args.broker), agents)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):

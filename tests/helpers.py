@@ -13,8 +13,10 @@ SPEC = {"framework": "numpy", "arch": "logreg", "n_features": 4, "n_classes": 3,
 
 def weights(seed: int = 0) -> Params:
     rng = np.random.default_rng(seed)
-    return {"dense0.w": rng.normal(size=(4, 3)).astype(np.float32),
-            "dense0.b": rng.normal(size=3).astype(np.float32)}
+    return {
+        "dense0.w": rng.normal(size=(4, 3)).astype(np.float32),
+        "dense0.b": rng.normal(size=3).astype(np.float32),
+    }
 
 
 LAYOUT = spec_of(weights())
@@ -26,12 +28,29 @@ def delta(seed: int, scale: float = 0.1) -> Params:
     return {n: (scale * rng.normal(size=s)).astype(np.float32) for n, s in LAYOUT}
 
 
-def update_payload(client: str, round_number: int, base: Params, d: Params, *,
-                   codec: str = "float32", num_examples: int = 10, federation: str = "fed",
-                   seed: int = 0, **overrides: object) -> bytes:
+def update_payload(
+    client: str,
+    round_number: int,
+    base: Params,
+    d: Params,
+    *,
+    codec: str = "float32",
+    num_examples: int = 10,
+    federation: str = "fed",
+    seed: int = 0,
+    **overrides: object,
+) -> bytes:
     tensors = encode_params(d, get_codec(codec), np.random.default_rng(seed))
-    update = Update(federation, round_number, client, MODEL, content_hash(base), num_examples,
-                    tensors, {"loss": 0.5})
+    update = Update(
+        federation,
+        round_number,
+        client,
+        MODEL,
+        content_hash(base),
+        num_examples,
+        tensors,
+        {"loss": 0.5},
+    )
     wire = update.to_wire()
     wire.update(overrides)
     from fedge.wire import pack

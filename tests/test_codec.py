@@ -38,8 +38,12 @@ def test_int8_stochastic_rounding_is_unbiased() -> None:
     rng = np.random.default_rng(1)
     x = rng.normal(size=64).astype(np.float32)
     codec = Int8Codec()
-    draws = [decode_params(encode_params({"w": x}, codec, np.random.default_rng(s)),
-                           [("w", x.shape)])["w"] for s in range(4000)]
+    draws = [
+        decode_params(encode_params({"w": x}, codec, np.random.default_rng(s)), [("w", x.shape)])[
+            "w"
+        ]
+        for s in range(4000)
+    ]
     scale = np.max(np.abs(x)) / 127
     mean_error = np.mean(draws, axis=0) - x
     # the standard error of each mean is at most scale/2/sqrt(4000) ~ scale * 0.008
@@ -54,28 +58,33 @@ def test_int8_of_all_zeros_is_zero_with_zero_scale() -> None:
 
 def test_encoding_refuses_non_finite_input() -> None:
     with pytest.raises(ValueError):
-        encode_params({"w": np.array([1.0, np.nan], np.float32)}, Int8Codec(),
-                      np.random.default_rng())
+        encode_params(
+            {"w": np.array([1.0, np.nan], np.float32)}, Int8Codec(), np.random.default_rng()
+        )
 
 
 def _one(codec: str = "int8") -> list[dict]:
-    return encode_params({"w": np.ones((2, 3), np.float32)}, get_codec(codec),
-                         np.random.default_rng(0))
+    return encode_params(
+        {"w": np.ones((2, 3), np.float32)}, get_codec(codec), np.random.default_rng(0)
+    )
 
 
-@pytest.mark.parametrize(("mutate", "reason"), [
-    (lambda t: t.update(data=t["data"][:-1]), "malformed"),
-    (lambda t: t.update(data="text"), "malformed"),
-    (lambda t: t.update(scale=float("nan")), "nonfinite"),
-    (lambda t: t.update(scale=-1.0), "nonfinite"),
-    (lambda t: t.update(scale="1"), "malformed"),
-    (lambda t: t.update(shape=[3, 2]), "shape"),
-    (lambda t: t.update(shape=[2, True]), "shape"),
-    (lambda t: t.update(name="v"), "shape"),
-    (lambda t: t.update(codec="zstd"), "malformed"),
-    (lambda t: t.update(dtype="float64"), "malformed"),
-    (lambda t: t.pop("data"), "malformed"),
-])
+@pytest.mark.parametrize(
+    ("mutate", "reason"),
+    [
+        (lambda t: t.update(data=t["data"][:-1]), "malformed"),
+        (lambda t: t.update(data="text"), "malformed"),
+        (lambda t: t.update(scale=float("nan")), "nonfinite"),
+        (lambda t: t.update(scale=-1.0), "nonfinite"),
+        (lambda t: t.update(scale="1"), "malformed"),
+        (lambda t: t.update(shape=[3, 2]), "shape"),
+        (lambda t: t.update(shape=[2, True]), "shape"),
+        (lambda t: t.update(name="v"), "shape"),
+        (lambda t: t.update(codec="zstd"), "malformed"),
+        (lambda t: t.update(dtype="float64"), "malformed"),
+        (lambda t: t.pop("data"), "malformed"),
+    ],
+)
 def test_decoding_rejects_inconsistent_tensors_with_a_reason(mutate, reason: str) -> None:
     tensors = _one()
     mutate(tensors[0])

@@ -13,24 +13,27 @@ from tests.helpers import LAYOUT, MODEL, delta, update_payload, weights
 
 
 def open_round(codec: str = "float32", **rules: object) -> RoundState:
-    return RoundState("fed", 1, weights(), MODEL, LAYOUT, RoundRules(codec=codec, **rules),
-                      deadline_ms=10**12)
+    return RoundState(
+        "fed", 1, weights(), MODEL, LAYOUT, RoundRules(codec=codec, **rules), deadline_ms=10**12
+    )
 
 
 def expected_fedavg(base: P.Params, deltas: list[P.Params], counts: list[int]) -> P.Params:
     """FedAvg written directly: the example-weighted mean of the clients' parameters."""
     clients = [P.add(base, d) for d in deltas]
     total = sum(counts)
-    return {n: sum(c[n].astype(np.float64) * k for c, k in zip(clients, counts)) / total
-            for n in base}
+    pairs = list(zip(clients, counts, strict=True))
+    return {n: sum(c[n].astype(np.float64) * k for c, k in pairs) / total for n in base}
 
 
 def test_fedavg_equals_the_weighted_mean_of_client_models_exactly_for_float32() -> None:
     state = open_round("float32")
     counts = [5, 17, 40, 1]
     for i, n in enumerate(counts):
-        assert state.offer(f"c{i}", update_payload(f"c{i}", 1, weights(), delta(i),
-                                                   num_examples=n, federation="fed")).accepted
+        assert state.offer(
+            f"c{i}",
+            update_payload(f"c{i}", 1, weights(), delta(i), num_examples=n, federation="fed"),
+        ).accepted
     got = state.close()
     want = expected_fedavg(weights(), [delta(i) for i in range(4)], counts)
     for name in want:
@@ -42,15 +45,16 @@ def test_fedavg_with_int8_is_within_the_quantisation_bound() -> None:
     counts = [3, 9, 30]
     scales = []
     for i, n in enumerate(counts):
-        payload = update_payload(f"c{i}", 1, weights(), delta(i), codec="int8", num_examples=n,
-                                 federation="fed", seed=i)
+        payload = update_payload(
+            f"c{i}", 1, weights(), delta(i), codec="int8", num_examples=n, federation="fed", seed=i
+        )
         scales.append({t["name"]: t["scale"] for t in unpack(payload)["delta"]})
         assert state.offer(f"c{i}", payload).accepted
     got = state.close()
     want = expected_fedavg(weights(), [delta(i) for i in range(3)], counts)
     total = sum(counts)
     for name in want:
-        bound = sum(k * s[name] for k, s in zip(counts, scales)) / total + 1e-6
+        bound = sum(k * s[name] for k, s in zip(counts, scales, strict=True)) / total + 1e-6
         assert np.max(np.abs(got[name] - want[name])) <= bound
 
 
@@ -78,8 +82,12 @@ def test_strategy_state_restores_the_open_round() -> None:
 
 
 def snapshot(state: RoundState) -> tuple:
-    return (dict(state.contributors), state.uplink_bytes, state.strategy.state()["total"],
-            {n: v.copy() for n, v in state.strategy.finish().items()})
+    return (
+        dict(state.contributors),
+        state.uplink_bytes,
+        state.strategy.state()["total"],
+        {n: v.copy() for n, v in state.strategy.finish().items()},
+    )
 
 
 def same(a: tuple, b: tuple) -> bool:
@@ -97,9 +105,16 @@ def nan_delta() -> bytes:
     from fedge.codec import Float32Codec
     from fedge.wire import Update
 
-    tensors = [Float32Codec().encode_data(a.ravel(), None) | {  # type: ignore[arg-type]
-        "name": n, "shape": list(a.shape), "dtype": "float32", "codec": "float32"}
-        for n, a in d.items()]
+    tensors = [
+        Float32Codec().encode_data(a.ravel(), None)
+        | {  # type: ignore[arg-type]
+            "name": n,
+            "shape": list(a.shape),
+            "dtype": "float32",
+            "codec": "float32",
+        }
+        for n, a in d.items()
+    ]
     wire = unpack(good())
     wire["delta"] = tensors
     Update.from_wire(wire)
@@ -112,28 +127,33 @@ def wrong_shape() -> bytes:
     return pack(wire)
 
 
-@pytest.mark.parametrize(("client", "payload", "reason"), [
-    ("c9", b"\x00garbage", "malformed"),
-    ("c9", b"\x80" * 5000, "oversize"),
-    ("c9", lambda: wrong_shape(), "shape"),
-    ("c9", lambda: nan_delta(), "nonfinite"),
-    ("c9", lambda: good(round=0), "stale"),
-    ("c9", lambda: good(round=2), "future"),
-    ("c9", lambda: pack({**unpack(good()), "base": b"\x01" * 32}), "stale"),
-    ("c8", lambda: good("c9"), "sender"),
-    ("c9", lambda: good(federation="other"), "federation"),
-    ("c9", lambda: good(model={"id": "logreg", "hash": b"\x02" * 32}), "model"),
-    ("c9", lambda: good(codec="int8"), "malformed"),
-    ("c0", lambda: good("c0"), "duplicate"),
-])
-def test_each_bad_update_is_rejected_with_its_reason_and_changes_nothing(client, payload,
-                                                                         reason) -> None:
+@pytest.mark.parametrize(
+    ("client", "payload", "reason"),
+    [
+        ("c9", b"\x00garbage", "malformed"),
+        ("c9", b"\x80" * 5000, "oversize"),
+        ("c9", lambda: wrong_shape(), "shape"),
+        ("c9", lambda: nan_delta(), "nonfinite"),
+        ("c9", lambda: good(round=0), "stale"),
+        ("c9", lambda: good(round=2), "future"),
+        ("c9", lambda: pack({**unpack(good()), "base": b"\x01" * 32}), "stale"),
+        ("c8", lambda: good("c9"), "sender"),
+        ("c9", lambda: good(federation="other"), "federation"),
+        ("c9", lambda: good(model={"id": "logreg", "hash": b"\x02" * 32}), "model"),
+        ("c9", lambda: good(codec="int8"), "malformed"),
+        ("c0", lambda: good("c0"), "duplicate"),
+    ],
+)
+def test_each_bad_update_is_rejected_with_its_reason_and_changes_nothing(
+    client, payload, reason
+) -> None:
     from fedge.wire import Limits
 
     state = open_round("float32")
     state.limits = Limits(max_bytes=4096)
-    assert state.offer("c0", update_payload("c0", 1, weights(), delta(0),
-                                            federation="fed")).accepted
+    assert state.offer(
+        "c0", update_payload("c0", 1, weights(), delta(0), federation="fed")
+    ).accepted
     before = snapshot(state)
     verdict = state.offer(client, payload() if callable(payload) else payload)
     assert not verdict.accepted and verdict.reason == reason, verdict

@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from fedge.errors import WireError
 from fedge.params import allclose
 from fedge.protocol import Kind, Topics, is_sampled
-from fedge.wire import (Global, Hyper, Limits, Metrics, Status, Task, Update, encode, pack,
-                        unpack)
+from fedge.wire import Global, Hyper, Limits, Metrics, Status, Task, Update, encode, pack, unpack
 from tests.helpers import LAYOUT, MODEL, SPEC, delta, update_payload, weights
 
 
@@ -53,27 +52,39 @@ def test_oversized_payload_is_refused_before_parsing() -> None:
     assert info.value.reason == "oversize"
 
 
-@pytest.mark.parametrize("payload", [b"", b"\xc1", b"\x93\x01\x02\x03", b"\x81\xa1a",
-                                     msgpack.packb({1: 2}), b"\xdd\xff\xff\xff\xff"])
+@pytest.mark.parametrize(
+    "payload",
+    [
+        b"",
+        b"\xc1",
+        b"\x93\x01\x02\x03",
+        b"\x81\xa1a",
+        msgpack.packb({1: 2}),
+        b"\xdd\xff\xff\xff\xff",
+    ],
+)
 def test_garbage_is_malformed(payload: bytes) -> None:
     with pytest.raises(WireError) as info:
         unpack(payload)
     assert info.value.reason == "malformed"
 
 
-@pytest.mark.parametrize(("field", "value", "reason"), [
-    ("v", 2, "version"),
-    ("kind", "global", "kind"),
-    ("round", -1, "malformed"),
-    ("round", "1", "malformed"),
-    ("round", True, "malformed"),
-    ("sender", "a/b", "malformed"),
-    ("num_examples", 0, "malformed"),
-    ("base", b"short", "malformed"),
-    ("model", {"id": "x"}, "malformed"),
-    ("metrics", {"loss": float("inf")}, "nonfinite"),
-    ("delta", "nope", "malformed"),
-])
+@pytest.mark.parametrize(
+    ("field", "value", "reason"),
+    [
+        ("v", 2, "version"),
+        ("kind", "global", "kind"),
+        ("round", -1, "malformed"),
+        ("round", "1", "malformed"),
+        ("round", True, "malformed"),
+        ("sender", "a/b", "malformed"),
+        ("num_examples", 0, "malformed"),
+        ("base", b"short", "malformed"),
+        ("model", {"id": "x"}, "malformed"),
+        ("metrics", {"loss": float("inf")}, "nonfinite"),
+        ("delta", "nope", "malformed"),
+    ],
+)
 def test_update_field_errors_have_reasons(field: str, value: object, reason: str) -> None:
     wire = unpack(update_payload("c1", 1, weights(), delta(1)))
     wire[field] = value
@@ -85,8 +96,12 @@ def test_update_field_errors_have_reasons(field: str, value: object, reason: str
 @given(st.binary(max_size=512))
 @settings(max_examples=1500, deadline=None)
 def test_random_bytes_never_escape_as_anything_but_wire_error(payload: bytes) -> None:
-    for decode in (lambda m: Update.from_wire(m).decode_delta(LAYOUT),
-                   lambda m: Global.from_wire(m, LAYOUT), Task.from_wire, Status.from_wire):
+    for decode in (
+        lambda m: Update.from_wire(m).decode_delta(LAYOUT),
+        lambda m: Global.from_wire(m, LAYOUT),
+        Task.from_wire,
+        Status.from_wire,
+    ):
         try:
             decode(unpack(payload))
         except WireError:
@@ -99,9 +114,17 @@ def test_mutated_updates_never_escape_as_anything_but_wire_error(data: st.DataOb
     wire = unpack(update_payload("c1", 1, weights(), delta(1), codec="int8"))
     key = data.draw(st.sampled_from(sorted(wire)))
     ints = st.integers(-(2**63), 2**64 - 1)
-    wire[key] = data.draw(st.one_of(st.none(), ints, st.floats(width=32), st.text(max_size=5),
-                                    st.binary(max_size=40), st.lists(ints, max_size=3),
-                                    st.dictionaries(st.text(max_size=3), ints, max_size=3)))
+    wire[key] = data.draw(
+        st.one_of(
+            st.none(),
+            ints,
+            st.floats(width=32),
+            st.text(max_size=5),
+            st.binary(max_size=40),
+            st.lists(ints, max_size=3),
+            st.dictionaries(st.text(max_size=3), ints, max_size=3),
+        )
+    )
     try:
         Update.from_wire(unpack(pack(wire))).decode_delta(LAYOUT)
     except WireError:

@@ -17,21 +17,26 @@ from aggregator.strategies.base import Strategy
 from fedge.params import Params
 
 
-def weighted_delta_sum(sums: dict[str, np.ndarray], delta: Mapping[str, np.ndarray],
-                       weight: float) -> None:
+def weighted_delta_sum(
+    sums: dict[str, np.ndarray], delta: Mapping[str, np.ndarray], weight: float
+) -> None:
     """sums += weight * delta, in place (float64)."""
     for name, value in delta.items():
         sums[name] += weight * np.asarray(value, dtype=np.float64)
 
 
-def apply_mean(global_weights: Mapping[str, np.ndarray], sums: Mapping[str, np.ndarray],
-               total_weight: float) -> Params:
+def apply_mean(
+    global_weights: Mapping[str, np.ndarray], sums: Mapping[str, np.ndarray], total_weight: float
+) -> Params:
     """global + sums / total_weight, as float32; the global itself when nothing was folded."""
     if total_weight <= 0:
         return {n: np.array(v, dtype=np.float32) for n, v in global_weights.items()}
-    return {name: (np.asarray(global_weights[name], dtype=np.float64)
-                   + sums[name] / total_weight).astype(np.float32)
-            for name in global_weights}
+    return {
+        name: (
+            np.asarray(global_weights[name], dtype=np.float64) + sums[name] / total_weight
+        ).astype(np.float32)
+        for name in global_weights
+    }
 
 
 class FedAvg(Strategy):
@@ -63,11 +68,14 @@ class FedAvg(Strategy):
         return self._total
 
     def state(self) -> dict[str, Any]:
-        return {"total": self._total,
-                "sums": {n: (list(a.shape), a.astype("<f8").tobytes())
-                         for n, a in self._sums.items()}}
+        return {
+            "total": self._total,
+            "sums": {n: (list(a.shape), a.astype("<f8").tobytes()) for n, a in self._sums.items()},
+        }
 
     def restore(self, state: Mapping[str, Any]) -> None:
         self._total = float(state["total"])
-        self._sums = {n: np.frombuffer(raw, dtype="<f8").reshape(shape).copy()
-                      for n, (shape, raw) in state["sums"].items()}
+        self._sums = {
+            n: np.frombuffer(raw, dtype="<f8").reshape(shape).copy()
+            for n, (shape, raw) in state["sums"].items()
+        }

@@ -1,0 +1,100 @@
+"""The emulator as a user runs it: real processes, live lines, history, clean stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def fleet_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "fleet.cli", *args]
+
+
+def processes_mentioning(text: str) -> list[int]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            continue
+        if text in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def test_fleet_trains_prints_a_line_per_round_and_writes_history(tmp_path: Path) -> None:
+    hist = tmp_path / "h.jsonl"
+    done = subprocess.run(
+        fleet_cmd(
+            "--clients",
+            "6",
+            "--rounds",
+            "3",
+            "--dataset",
+            "breast_cancer",
+            "--model",
+            "logreg",
+            "--partition",
+            "dirichlet:1.0",
+            "--seed",
+            "1",
+            "--history",
+            str(hist),
+            "--centralised-baseline",
+            "--workdir",
+            str(tmp_path / "w"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    lines = [line for line in done.stdout.splitlines() if line.startswith("round")]
+    assert len(lines) == 3 and "clients   6/6" in lines[0] and "accuracy" in lines[0]
+    assert "centralised baseline" in done.stdout
+    records = [json.loads(line) for line in hist.read_text().splitlines()]
+    assert [r["round"] for r in records] == [1, 2, 3]
+    for record in records:
+        assert {"round", "clients", "accuracy", "params", "uplink_bytes", "seconds"} <= set(record)
+        assert record["clients"] == 6 and record["params"] == 62
+    assert records[-1]["accuracy"] > 0.85
+    assert not processes_mentioning(str(tmp_path / "w"))
+
+
+def test_fleet_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
+    work = tmp_path / "w"
+    proc = subprocess.Popen(
+        fleet_cmd("--clients", "4", "--rounds", "500", "--model", "mlp:32", "--workdir", str(work)),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if line.startswith("round"):
+                break
+        assert processes_mentioning(str(work)), "workers and broker should be running"
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert not processes_mentioning(str(work))
+
+
+def test_fleet_exits_nonzero_on_bad_arguments(tmp_path: Path) -> None:
+    done = subprocess.run(fleet_cmd("--clients", "0"), capture_output=True, text=True, timeout=30)
+    assert done.returncode == 2
