@@ -39,6 +39,7 @@ class TrainJob:
 @dataclass(frozen=True)
 class TrainResult:
     round: int
+    opened: int
     update: bytes
     metrics: bytes
     values: dict[str, float]
@@ -69,11 +70,13 @@ class AgentCore:
         self.task: Task | None = None
         self.model: Model | None = None
         self.problem = ""  # why this agent cannot train the current task, if it cannot
-        self.latest_round = 0
+        self.latest: tuple[int, int] = (0, 0)  # (round, opened) of the newest global seen
         self.rejections: Counter[str] = Counter()
         self._pending_global: bytes | None = None
         saved = read_msgpack(self.state_dir / STATE_FILE) if self.state_dir else None
-        self.last_trained = int(saved.get("last_trained", 0)) if isinstance(saved, dict) else 0
+        saved = saved if isinstance(saved, dict) else {}
+        self.last_trained = int(saved.get("last_trained", 0))
+        self.last_opened = int(saved.get("last_opened", 0))
 
     @property
     def num_examples(self) -> int:
@@ -120,11 +123,12 @@ class AgentCore:
         except WireError as exc:
             self._reject("global", exc)
             return None
-        self.latest_round = max(self.latest_round, message.round)
-        if message.final or model is None or message.round <= self.last_trained:
+        attempt = (message.round, message.opened)
+        self.latest = max(self.latest, attempt)
+        if message.final or model is None or attempt < self.latest:
             return None
-        if message.round < self.latest_round:
-            return None
+        if attempt <= (self.last_trained, self.last_opened) or message.round < self.last_trained:
+            return None  # done already; an extension of the same attempt changes nothing
         if not is_sampled(self.federation, message.round, self.client_id, message.fraction):
             log.debug("%s: not sampled in round %d", self.client_id, message.round)
             return None
@@ -136,7 +140,8 @@ class AgentCore:
 
     def is_current(self, job: TrainJob) -> bool:
         """False when a newer global arrived while the job waited for the trainer."""
-        return job.global_model.round >= self.latest_round and job.task is self.task
+        message = job.global_model
+        return (message.round, message.opened) >= self.latest and job.task is self.task
 
     def train(self, job: TrainJob) -> TrainResult:
         """E local epochs from the global weights; the delta encoded with the task's codec."""
@@ -177,13 +182,18 @@ class AgentCore:
             self.client_id,
             {**values, "num_examples": float(self.num_examples)},
         )
-        return TrainResult(message.round, encode(update), encode(metrics), values)
+        return TrainResult(message.round, message.opened, encode(update), encode(metrics), values)
 
-    def committed(self, round_number: int) -> None:
-        """The broker acknowledged our update for this round: never train it again."""
-        self.last_trained = max(self.last_trained, round_number)
+    def committed(self, round_number: int, opened: int = 0) -> None:
+        """The broker acknowledged our update for this attempt of the round: do not redo it."""
+        if (round_number, opened) <= (self.last_trained, self.last_opened):
+            return
+        self.last_trained, self.last_opened = round_number, opened
         if self.state_dir is not None:
-            write_msgpack(self.state_dir / STATE_FILE, {"last_trained": self.last_trained})
+            write_msgpack(
+                self.state_dir / STATE_FILE,
+                {"last_trained": self.last_trained, "last_opened": self.last_opened},
+            )
 
     def _reject(self, what: str, exc: Exception) -> None:
         reason = getattr(exc, "reason", "malformed")

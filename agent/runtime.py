@@ -132,9 +132,9 @@ class AgentRuntime:
         future = session.publish(topics.update(agent.client_id), result.update, qos=1)
         session.publish(topics.metrics(agent.client_id), result.metrics, qos=0)
 
-        def acknowledged(done: Future[None], round_number: int = result.round) -> None:
+        def acknowledged(done: Future[None]) -> None:
             if done.exception() is None:
-                agent.committed(round_number)
+                agent.committed(result.round, result.opened)
                 with self._lock:
                     self.updates_sent += 1
 

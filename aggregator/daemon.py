@@ -159,10 +159,11 @@ class Aggregator:
         self._loop = NetworkLoop("aggregator-mqtt").start()
         self._session = self._loop.add(
             Session(
-                self.config.client_id,
+                self.config.mqtt_client_id,
                 BrokerAddress.parse(self.config.broker),
                 subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
                 on_message=self._inbox.put,
+                clean_session=False,  # the broker queues updates while we restart
             )
         )
         if not self._session.wait_connected(15):
@@ -177,7 +178,7 @@ class Aggregator:
     def _publish_task(self) -> None:
         task = Task(
             self.config.federation,
-            self.config.client_id,
+            self.config.mqtt_client_id,
             self.model_ref,
             self.spec,
             self.layout,
@@ -194,12 +195,13 @@ class Aggregator:
         *,
         final: bool = False,
         deadline_ms: int = 0,
+        opened_ms: int = 0,
         metrics: dict[str, float] | None = None,
     ) -> Any:
         message = Global(
             self.config.federation,
             round_number,
-            self.config.client_id,
+            self.config.mqtt_client_id,
             self.model_ref,
             weights,
             deadline_ms,
@@ -207,6 +209,7 @@ class Aggregator:
             self.rules.min_clients,
             final,
             metrics or {},
+            opened=opened_ms,
         )
         assert self._session is not None
         return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)
@@ -226,7 +229,13 @@ class Aggregator:
             self.limits,
         )
         self._round_started = time.monotonic()
-        self._publish_global(round_number, weights, deadline_ms=deadline, metrics=metrics)
+        self._publish_global(
+            round_number,
+            weights,
+            deadline_ms=deadline,
+            opened_ms=self.round.opened_ms,
+            metrics=metrics,
+        )
         log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
 
     def _step(self) -> None:
@@ -292,7 +301,12 @@ class Aggregator:
                 self.rules.min_clients,
                 self.rules.round_timeout_s,
             )
-            self._publish_global(state.round, state.global_weights, deadline_ms=state.deadline_ms)
+            self._publish_global(
+                state.round,
+                state.global_weights,
+                deadline_ms=state.deadline_ms,
+                opened_ms=state.opened_ms,
+            )
 
     def _close(self, state: RoundState) -> None:
         weights = state.close()

@@ -18,7 +18,7 @@ from fedge.codec import encode_params, get_codec
 from fedge.errors import WireError
 from fedge.params import Params, TensorSpec
 from fedge.protocol import is_sampled
-from fedge.wire import Limits, ModelRef, Reason, Update, pack, unpack
+from fedge.wire import Limits, ModelRef, Reason, Update, now_ms, pack, unpack
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,7 @@ class RoundState:
     float32_bytes: int = 0
     rejected: Counter = field(default_factory=Counter)
     extensions: int = 0
+    opened_ms: int = field(default_factory=now_ms)  # marks this attempt of the round
 
     def __post_init__(self) -> None:
         self.base_hash = P.content_hash(self.global_weights)

@@ -30,7 +30,7 @@ C = TypeVar("C")
 class AggregatorConfig:
     broker: str = "127.0.0.1:1883"
     federation: str = "default"
-    client_id: str = "aggregator"
+    client_id: str = ""  # default: aggregator-<federation> (a persistent MQTT session)
     state_dir: str = "./aggregator-state"
     model: str = "mlp"
     dataset: str = ""  # names the model's input/output size and the evaluation split
@@ -52,10 +52,19 @@ class AggregatorConfig:
     max_update_bytes: int = 4 * 1024 * 1024
     history: str = ""
 
+    @property
+    def mqtt_client_id(self) -> str:
+        return self.client_id or f"aggregator-{self.federation}"[:64]
+
     def validate(self) -> None:
         _check_broker(self.broker)
         _check(valid_name(self.federation), "federation", self.federation, "1-64 of [A-Za-z0-9_.-]")
-        _check(valid_name(self.client_id), "client_id", self.client_id, "1-64 of [A-Za-z0-9_.-]")
+        _check(
+            not self.client_id or valid_name(self.client_id),
+            "client_id",
+            self.client_id,
+            "1-64 of [A-Za-z0-9_.-]",
+        )
         _check(self.codec in CODECS, "codec", self.codec, f"one of {sorted(CODECS)}")
         _check(self.rounds >= 0, "rounds", self.rounds, ">= 0")
         _check(1 <= self.epochs <= 1000, "epochs", self.epochs, "1..1000")

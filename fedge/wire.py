@@ -21,7 +21,7 @@ import numpy as np
 
 from fedge.codec import Float32Codec, WireTensor, decode_params, encode_params
 from fedge.errors import WireError
-from fedge.params import Params, TensorSpec
+from fedge.params import Params, TensorSpec, content_hash
 from fedge.protocol import VERSION, Kind, valid_name
 
 
@@ -311,6 +311,9 @@ class Global:
     """The global model for ``round`` (retained on ``global``): full float32 weights + rules.
 
     ``final`` marks the last model of a finished federation: agents do not train on it.
+    ``opened`` marks one attempt of the round: an aggregator that restarted mid-round opens
+    it again with a new ``opened``, and agents that trained the earlier attempt train again
+    (their first update may be lost; the aggregator counts each client once per round).
     """
 
     kind: ClassVar[Kind] = Kind.GLOBAL
@@ -324,12 +327,11 @@ class Global:
     min_clients: int = 1
     final: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
+    opened: int = 0  # ms since the epoch when this attempt of the round was opened
     ts: int = field(default_factory=now_ms)
 
     @property
     def weights_hash(self) -> bytes:
-        from fedge.params import content_hash
-
         return content_hash(self.weights)
 
     def to_wire(self) -> dict[str, Any]:
@@ -344,6 +346,7 @@ class Global:
             "min_clients": self.min_clients,
             "final": self.final,
             "metrics": self.metrics,
+            "opened": self.opened,
         }
 
     @classmethod
@@ -351,8 +354,6 @@ class Global:
         cls, m: Mapping[str, Any], layout: list[TensorSpec], limits: Limits = DEFAULT_LIMITS
     ) -> Global:
         """Decode against the task's layout; the weights must hash to ``weights_hash``."""
-        from fedge.params import content_hash
-
         federation, round_number, sender, ts = _header(cls.kind, m)
         weights = decode_params(m.get("weights"), layout, allowed_codecs=("float32",))
         if content_hash(weights) != _hash(m, "weights_hash"):
@@ -369,7 +370,8 @@ class Global:
             _int(m, "min_clients", 1, 1 << 20),
             final,
             _metrics(m, "metrics", limits),
-            ts,
+            opened=_int(m, "opened"),
+            ts=ts,
         )
 
 

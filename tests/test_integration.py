@@ -142,7 +142,9 @@ def test_an_agent_joining_late_trains_from_the_retained_global(broker, tmp_path,
     cfg = config(broker.address, "late", tmp_path, rounds=1, min_clients=2, start_clients=1)
     with Running(cfg) as run:
         wait_for(lambda: early.last_trained == 1, 30, "the early agent's update")
-        assert run.aggregator.round is not None and run.aggregator.round.count == 1
+        state = run.aggregator.round
+        assert state is not None
+        wait_for(lambda: state.count == 1, 10, "the aggregator to fold the early update")
         start_agents(broker, [late], runtimes)  # connects after round 1 opened
         run.thread.join(60)
         assert run.result.get("code") == 0, run.result
@@ -255,7 +257,7 @@ def test_bad_updates_are_rejected_by_reason_and_the_round_completes(
             "duplicate": 1,
         }
         assert state.count == 1
-        agents[0].committed(1)  # the genuine update stands for dev-0
+        agents[0].committed(1, job.global_model.opened)  # the genuine update stands for dev-0
         start_agents(broker, agents, runtimes)
         run.thread.join(60)
         assert run.result.get("code") == 0, run.result
