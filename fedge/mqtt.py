@@ -279,8 +279,10 @@ class NetworkLoop:
         self._calls_lock = threading.Lock()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_r.setblocking(False)
+        self._wake_w.setblocking(False)  # a full wake pipe must never block the loop itself
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._stop = threading.Event()
+        self._woken = False
         self._thread: threading.Thread | None = None
 
     def add(self, session: Session) -> Session:
@@ -293,10 +295,13 @@ class NetworkLoop:
         """Run ``fn`` on the loop thread (thread-safe)."""
         with self._calls_lock:
             self._calls.append(fn)
+            if self._woken or threading.current_thread() is self._thread:
+                return  # the loop drains calls before it sleeps again
+            self._woken = True
         try:
             self._wake_w.send(b"\0")
         except (BlockingIOError, OSError):
-            pass
+            pass  # the pipe is full, so the loop is awake anyway
 
     def start(self) -> NetworkLoop:
         self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
@@ -338,6 +343,7 @@ class NetworkLoop:
     def _drain_calls(self) -> None:
         with self._calls_lock:
             calls, self._calls = self._calls, []
+            self._woken = False
         for fn in calls:
             _safely(fn, self.name)
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     data = load_dataset(args.dataset, seed=args.seed)
-    parts = partition(data.y_train, args.num_clients, args.partition, seed=args.seed)
+    parts = partition(data.y_train, args.num_clients, args.partition, seed=args.seed, min_size=1)
     agents = []
     for index in (int(i) for i in args.indices.split(",") if i):
         rows = parts[index]

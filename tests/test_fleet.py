@@ -98,3 +98,34 @@ def test_fleet_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
 def test_fleet_exits_nonzero_on_bad_arguments(tmp_path: Path) -> None:
     done = subprocess.run(fleet_cmd("--clients", "0"), capture_output=True, text=True, timeout=30)
     assert done.returncode == 2
+
+
+def test_the_readme_fleet_run_reaches_093_with_int8_at_most_26_percent(tmp_path: Path) -> None:
+    """The issue's acceptance run, exactly as the README gives it."""
+    hist = tmp_path / "h.jsonl"
+    done = subprocess.run(
+        fleet_cmd(
+            "--clients",
+            "20",
+            "--rounds",
+            "20",
+            "--dataset",
+            "digits",
+            "--partition",
+            "dirichlet:0.5",
+            "--seed",
+            "0",
+            "--history",
+            str(hist),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in hist.read_text().splitlines()]
+    assert len(records) == 20 and all(r["clients"] == 20 for r in records)
+    assert records[-1]["accuracy"] >= 0.93
+    uplink = sum(r["uplink_bytes"] for r in records)
+    as_float32 = sum(r["float32_bytes"] for r in records)
+    assert uplink <= 0.26 * as_float32
