@@ -9,152 +9,48 @@ Checks that need state (round, model hash, duplicates) belong to the receiver.
 from __future__ import annotations
 
 import hashlib
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, ClassVar
 
-import msgpack
 import numpy as np
 
 from fedge.codec import Float32Codec, WireTensor, decode_params, encode_params
-from fedge.errors import WireError
 from fedge.params import Params, TensorSpec, content_hash
-from fedge.protocol import VERSION, Kind, valid_name
+from fedge.protocol import VERSION, Kind
+from fedge.wire_fields import (
+    DEFAULT_LIMITS,
+    Limits,
+    Reason,
+    float_field,
+    get_field,
+    hash_field,
+    int_field,
+    metrics_field,
+    name_field,
+    now_ms,
+    pack,
+    refuse,
+    unpack,
+)
 
-
-class Reason(str, Enum):
-    """Why a message was refused. Counted per reason by every receiver."""
-
-    MALFORMED = "malformed"  # not msgpack, wrong types, missing fields, bad codec fields
-    OVERSIZE = "oversize"  # payload above the receiver's byte limit
-    VERSION = "version"  # protocol version this receiver does not speak
-    KIND = "kind"  # a message of another kind on this topic
-    FEDERATION = "federation"  # addressed to another federation
-    SENDER = "sender"  # sender field differs from the topic's client id
-    MODEL = "model"  # model id/hash differs from the task's
-    STALE = "stale"  # for a round that is closed or a global that is not current
-    FUTURE = "future"  # for a round that has not started
-    SHAPE = "shape"  # tensor names, order or shapes differ from the model
-    NONFINITE = "nonfinite"  # NaN or Inf in a tensor, scale or metric
-    DUPLICATE = "duplicate"  # a second update from the same client for the same round
-    NORM = "norm"  # update norm above the configured bound
-
-
-@dataclass(frozen=True)
-class Limits:
-    """Bounds applied before and while decoding; oversize input is refused unparsed."""
-
-    max_bytes: int = 4 * 1024 * 1024
-    max_items: int = 4096  # entries of any array or map
-    max_str: int = 4096
-    max_metrics: int = 32
-
-
-DEFAULT_LIMITS = Limits()
-
-
-def now_ms() -> int:
-    return int(time.time() * 1000)
-
-
-def pack(obj: Mapping[str, Any]) -> bytes:
-    """msgpack with bin type for bytes and float32 for floats (compact; ts are integers)."""
-    return msgpack.packb(obj, use_bin_type=True, use_single_float=True)
-
-
-def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
-    """Bounded msgpack decode to a map with string keys, or WireError."""
-    if not isinstance(payload, (bytes, bytearray, memoryview)):
-        raise WireError("payload is not bytes", reason=Reason.MALFORMED.value)
-    if len(payload) > limits.max_bytes:
-        raise WireError(
-            f"payload of {len(payload)} bytes exceeds {limits.max_bytes}",
-            reason=Reason.OVERSIZE.value,
-        )
-    try:
-        obj = msgpack.unpackb(
-            bytes(payload),
-            raw=False,
-            strict_map_key=True,
-            use_list=True,
-            max_str_len=limits.max_str,
-            max_bin_len=limits.max_bytes,
-            max_array_len=limits.max_items,
-            max_map_len=limits.max_items,
-            max_ext_len=0,
-        )
-    except Exception as exc:  # msgpack raises several unrelated types; all mean malformed
-        raise WireError(f"not msgpack: {exc}", reason=Reason.MALFORMED.value) from None
-    if not isinstance(obj, dict):
-        raise WireError("message must be a msgpack map", reason=Reason.MALFORMED.value)
-    return obj
-
-
-# -- field readers: one place that knows how to refuse ---------------------------------------
-
-
-def _bad(msg: str, reason: Reason = Reason.MALFORMED) -> WireError:
-    return WireError(msg, reason=reason.value)
-
-
-def _get(m: Mapping[str, Any], key: str, kinds: type | tuple[type, ...]) -> Any:
-    if key not in m:
-        raise _bad(f"missing field {key!r}")
-    value = m[key]
-    if isinstance(value, bool) and bool not in (kinds if isinstance(kinds, tuple) else (kinds,)):
-        raise _bad(f"field {key!r} must be {kinds}, got bool")
-    if not isinstance(value, kinds):
-        raise _bad(
-            f"field {key!r} must be {getattr(kinds, '__name__', kinds)}, got {type(value).__name__}"
-        )
-    return value
-
-
-def _int(m: Mapping[str, Any], key: str, lo: int = 0, hi: int = 2**53) -> int:
-    value = _get(m, key, int)
-    if not lo <= value <= hi:
-        raise _bad(f"field {key!r}={value} outside [{lo}, {hi}]")
-    return int(value)
-
-
-def _float(m: Mapping[str, Any], key: str, lo: float = -math.inf, hi: float = math.inf) -> float:
-    value = float(_get(m, key, (int, float)))
-    if not math.isfinite(value):
-        raise _bad(f"field {key!r} is not finite", Reason.NONFINITE)
-    if not lo <= value <= hi:
-        raise _bad(f"field {key!r}={value} outside [{lo}, {hi}]")
-    return value
-
-
-def _name(m: Mapping[str, Any], key: str) -> str:
-    value = _get(m, key, str)
-    if not valid_name(value):
-        raise _bad(f"field {key!r}={value!r} is not a valid name")
-    return value
-
-
-def _hash(m: Mapping[str, Any], key: str) -> bytes:
-    value = _get(m, key, bytes)
-    if len(value) != 32:
-        raise _bad(f"field {key!r} must be 32 bytes (SHA-256)")
-    return value
-
-
-def _metrics(m: Mapping[str, Any], key: str, limits: Limits) -> dict[str, float]:
-    value = m.get(key, {})
-    if not isinstance(value, dict) or len(value) > limits.max_metrics:
-        raise _bad(f"field {key!r} must be a map of at most {limits.max_metrics} numbers")
-    out: dict[str, float] = {}
-    for name, number in value.items():
-        if not isinstance(number, (int, float)) or isinstance(number, bool) or len(name) > 64:
-            raise _bad(f"metric {name!r} must be a number")
-        if not math.isfinite(float(number)):
-            raise _bad(f"metric {name!r} is not finite", Reason.NONFINITE)
-        out[name] = float(number)
-    return out
+__all__ = [
+    "DEFAULT_LIMITS",
+    "Global",
+    "Hyper",
+    "Limits",
+    "Metrics",
+    "ModelRef",
+    "Reason",
+    "Status",
+    "Task",
+    "Update",
+    "encode",
+    "model_ref",
+    "now_ms",
+    "pack",
+    "unpack",
+]
 
 
 # -- the header every message carries -----------------------------------------------------
@@ -173,11 +69,11 @@ class ModelRef:
     @classmethod
     def from_wire(cls, m: Any) -> ModelRef:
         if not isinstance(m, dict):
-            raise _bad("field 'model' must be a map")
-        model_id = _get(m, "id", str)
+            raise refuse("field 'model' must be a map")
+        model_id = get_field(m, "id", str)
         if not 0 < len(model_id) <= 128:
-            raise _bad("model id must be 1-128 characters")
-        return cls(model_id, _hash(m, "hash"))
+            raise refuse("model id must be 1-128 characters")
+        return cls(model_id, hash_field(m, "hash"))
 
 
 def model_ref(model_id: str, spec: Mapping[str, Any], layout: list[TensorSpec]) -> ModelRef:
@@ -194,10 +90,17 @@ def model_ref(model_id: str, spec: Mapping[str, Any], layout: list[TensorSpec]) 
 def _header(kind: Kind, m: Mapping[str, Any]) -> tuple[str, int, str, int]:
     version = m.get("v")
     if version != VERSION:
-        raise _bad(f"protocol version {version!r}, this receiver speaks {VERSION}", Reason.VERSION)
+        raise refuse(
+            f"protocol version {version!r}, this receiver speaks {VERSION}", Reason.VERSION
+        )
     if m.get("kind") != kind.value:
-        raise _bad(f"expected kind {kind.value!r}, got {m.get('kind')!r}", Reason.KIND)
-    return _name(m, "federation"), _int(m, "round"), _name(m, "sender"), _int(m, "ts")
+        raise refuse(f"expected kind {kind.value!r}, got {m.get('kind')!r}", Reason.KIND)
+    return (
+        name_field(m, "federation"),
+        int_field(m, "round"),
+        name_field(m, "sender"),
+        int_field(m, "ts"),
+    )
 
 
 def _envelope(kind: Kind, federation: str, round_number: int, sender: str, ts: int) -> dict:
@@ -228,11 +131,11 @@ class Hyper:
     @classmethod
     def from_wire(cls, m: Any) -> Hyper:
         if not isinstance(m, dict):
-            raise _bad("field 'hyper' must be a map")
+            raise refuse("field 'hyper' must be a map")
         return cls(
-            _int(m, "epochs", 1, 1000),
-            _int(m, "batch_size", 1, 1 << 20),
-            _float(m, "lr", 0.0, 100.0),
+            int_field(m, "epochs", 1, 1000),
+            int_field(m, "batch_size", 1, 1 << 20),
+            float_field(m, "lr", 0.0, 100.0),
         )
 
 
@@ -264,11 +167,11 @@ class Task:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Task:
         federation, round_number, sender, ts = _header(cls.kind, m)
-        spec = _get(m, "model_spec", dict)
+        spec = get_field(m, "model_spec", dict)
         if len(spec) > 32:
-            raise _bad("model_spec has too many fields")
-        layout = _layout(_get(m, "layout", list))
-        codec = _get(m, "codec", str)
+            raise refuse("model_spec has too many fields")
+        layout = _layout(get_field(m, "layout", list))
+        codec = get_field(m, "codec", str)
         return cls(
             federation,
             sender,
@@ -284,7 +187,7 @@ class Task:
 
 def _layout(raw: list) -> list[TensorSpec]:
     if not 0 < len(raw) <= 256:
-        raise _bad("layout must list 1-256 tensors")
+        raise refuse("layout must list 1-256 tensors")
     out: list[TensorSpec] = []
     for item in raw:
         if (
@@ -297,12 +200,12 @@ def _layout(raw: list) -> list[TensorSpec]:
                 isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 28 for d in item[1]
             )
         ):
-            raise _bad(f"bad layout entry {item!r:.80}")
+            raise refuse(f"bad layout entry {item!r:.80}")
         out.append((item[0], tuple(item[1])))
     if len({name for name, _ in out}) != len(out):
-        raise _bad("layout repeats a tensor name")
+        raise refuse("layout repeats a tensor name")
     if sum(int(np.prod(s, dtype=np.int64)) for _, s in out) > 1 << 28:
-        raise _bad("layout too large")
+        raise refuse("layout too large")
     return out
 
 
@@ -356,21 +259,21 @@ class Global:
         """Decode against the task's layout; the weights must hash to ``weights_hash``."""
         federation, round_number, sender, ts = _header(cls.kind, m)
         weights = decode_params(m.get("weights"), layout, allowed_codecs=("float32",))
-        if content_hash(weights) != _hash(m, "weights_hash"):
-            raise _bad("weights do not match weights_hash")
-        final = _get(m, "final", bool)
+        if content_hash(weights) != hash_field(m, "weights_hash"):
+            raise refuse("weights do not match weights_hash")
+        final = get_field(m, "final", bool)
         return cls(
             federation,
             round_number,
             sender,
             ModelRef.from_wire(m.get("model")),
             weights,
-            _int(m, "deadline"),
-            _float(m, "fraction", 0.0, 1.0),
-            _int(m, "min_clients", 1, 1 << 20),
+            int_field(m, "deadline"),
+            float_field(m, "fraction", 0.0, 1.0),
+            int_field(m, "min_clients", 1, 1 << 20),
             final,
-            _metrics(m, "metrics", limits),
-            opened=_int(m, "opened"),
+            metrics_field(m, "metrics", limits),
+            opened=int_field(m, "opened"),
             ts=ts,
         )
 
@@ -403,16 +306,16 @@ class Update:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Update:
         federation, round_number, sender, ts = _header(cls.kind, m)
-        delta = _get(m, "delta", list)
+        delta = get_field(m, "delta", list)
         return cls(
             federation,
             round_number,
             sender,
             ModelRef.from_wire(m.get("model")),
-            _hash(m, "base"),
-            _int(m, "num_examples", 1, 1 << 40),
+            hash_field(m, "base"),
+            int_field(m, "num_examples", 1, 1 << 40),
             delta,
-            _metrics(m, "metrics", limits),
+            metrics_field(m, "metrics", limits),
             ts,
         )
 
@@ -448,13 +351,13 @@ class Status:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Status:
         federation, round_number, sender, ts = _header(cls.kind, m)
-        state = _get(m, "state", str)
+        state = get_field(m, "state", str)
         if state not in STATES:
-            raise _bad(f"state {state!r} not one of {STATES}")
+            raise refuse(f"state {state!r} not one of {STATES}")
         detail = m.get("detail", "")
         caps = m.get("caps", {})
         if not isinstance(detail, str) or not isinstance(caps, dict) or len(caps) > 32:
-            raise _bad("detail must be a string and caps a small map")
+            raise refuse("detail must be a string and caps a small map")
         return cls(federation, sender, state, round_number, detail, caps, ts)
 
 
@@ -478,7 +381,7 @@ class Metrics:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Metrics:
         federation, round_number, sender, ts = _header(cls.kind, m)
-        return cls(federation, round_number, sender, _metrics(m, "metrics", limits), ts)
+        return cls(federation, round_number, sender, metrics_field(m, "metrics", limits), ts)
 
 
 def encode(message: Task | Global | Update | Status | Metrics) -> bytes:
