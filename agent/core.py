@@ -174,8 +174,7 @@ class AgentCore:
             message.weights_hash,
             self.num_examples,
             tensors,
-            values,
-        )
+        )  # local numbers travel on metrics/<client>, not on the scarce update uplink
         metrics = Metrics(
             self.federation,
             message.round,

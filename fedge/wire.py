@@ -294,14 +294,16 @@ class Update:
     ts: int = field(default_factory=now_ms)
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "base": self.base,
             "num_examples": self.num_examples,
             "delta": self.delta,
-            "metrics": self.metrics,
         }
+        if self.metrics:  # optional: agents send their numbers on metrics/<client> instead
+            wire["metrics"] = self.metrics
+        return wire
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Update:

@@ -39,7 +39,7 @@ class RoundPrinter:
         _out(
             f"round {record['round']:>3}/{self.rounds}  clients {record['clients']:>3}/"
             f"{self.clients}  uplink {human_bytes(record['uplink_bytes']):>9} "
-            f"({share:5.1%} of float32)  accuracy "
+            f"({share:6.2%} of float32)  accuracy "
             f"{'n/a' if accuracy is None else f'{accuracy:.4f}'}  {record['seconds']:6.2f}s"
         )
 
@@ -51,7 +51,7 @@ class RoundPrinter:
         best = max((r["accuracy"] or 0.0) for r in self.records)
         _out(
             f"done: final accuracy {self.records[-1]['accuracy']:.4f} (best {best:.4f}); "
-            f"uplink {human_bytes(up)} = {up / f32:.1%} of float32 ({human_bytes(f32)}); "
+            f"uplink {human_bytes(up)} = {up / f32:.2%} of float32 ({human_bytes(f32)}); "
             f"rejected {dict(rejections) or 0}"
         )
 
