@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -45,14 +46,15 @@ class AgentRuntime:
         for agent in self.agents:
             self.sessions[agent.client_id] = self.loop.add(self._session_for(agent))
 
-    def stop(self) -> None:
-        """Say offline (retained), then disconnect cleanly."""
+    def stop(self, timeout: float = 3.0) -> None:
+        """Say offline (retained), then disconnect cleanly; bounded even if the broker is gone."""
         self.trainer.shutdown(wait=False, cancel_futures=True)
         pending = [self._publish_status(agent, "offline") for agent in self.agents]
+        deadline = time.monotonic() + timeout
         for future in pending:
             try:
-                future.result(timeout=2)
-            except Exception:
+                future.result(timeout=max(0.0, deadline - time.monotonic()))
+            except Exception:  # not acknowledged in time: the broker's will says offline
                 pass
         self.loop.stop()
 

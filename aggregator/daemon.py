@@ -264,6 +264,9 @@ class Aggregator:
                     verdict.reason,
                     verdict.detail,
                 )
+        elif kind is Kind.UPDATE:  # no round is open: the federation has finished
+            self.rejections["stale"] += 1
+            log.warning("update from %s after the final round: stale", client)
         elif kind is Kind.STATUS and client is not None:
             self._handle_status(client, message.payload)
 

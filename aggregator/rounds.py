@@ -76,6 +76,7 @@ class RoundState:
 
     def __post_init__(self) -> None:
         self.base_hash = P.content_hash(self.global_weights)
+        self._sampling: dict[str, bool] = {}
         self.strategy.start(self.global_weights)
 
     @property
@@ -135,10 +136,15 @@ class RoundState:
         return update, delta
 
     def expected(self, online: set[str]) -> set[str]:
-        """The online clients the sampling rule picks for this round."""
-        return {
-            c for c in online if is_sampled(self.federation, self.round, c, self.rules.fraction)
-        }
+        """The online clients the sampling rule picks for this round (memoised per client)."""
+        return {c for c in online if self._sampled(c)}
+
+    def _sampled(self, client: str) -> bool:
+        picked = self._sampling.get(client)
+        if picked is None:
+            picked = is_sampled(self.federation, self.round, client, self.rules.fraction)
+            self._sampling[client] = picked
+        return picked
 
     def ready(self, now_ms: int, online: set[str]) -> bool:
         """Close now? At the target count, when every expected client reported, or at the

@@ -10,6 +10,7 @@ One loop per daemon; the fleet emulator hosts hundreds of agents' sessions on on
 
 from __future__ import annotations
 
+import functools
 import logging
 import random
 import selectors
@@ -19,6 +20,7 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import Any
 
 import paho.mqtt.client as paho
 
@@ -116,12 +118,10 @@ class Session:
         client.on_disconnect = self._handle_disconnect
         client.on_message = self._handle_message
         client.on_publish = self._handle_publish
-        client.on_socket_open = lambda c, u, sock: self._loop and self._loop._watch(self, sock)
-        client.on_socket_close = lambda c, u, sock: self._loop and self._loop._unwatch(sock)
-        client.on_socket_register_write = lambda c, u, s: self._loop and self._loop._want(s, True)
-        client.on_socket_unregister_write = lambda c, u, s: (
-            self._loop and self._loop._want(s, False)
-        )
+        client.on_socket_open = self._socket_opened
+        client.on_socket_close = self._socket_closed
+        client.on_socket_register_write = self._socket_wants_write
+        client.on_socket_unregister_write = self._socket_wrote_all
         client.connect_async(broker.host, broker.port, keepalive)
         self._client = client
 
@@ -153,6 +153,22 @@ class Session:
             self._loop.call_soon(self._do_close)
 
     # -- loop thread only ------------------------------------------------------------------
+
+    def _socket_opened(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop._watch(self, sock)
+
+    def _socket_closed(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop._unwatch(sock)
+
+    def _socket_wants_write(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop._want(sock, True)
+
+    def _socket_wrote_all(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        if self._loop is not None:
+            self._loop._want(sock, False)
 
     def _do_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, future: Future[None]
@@ -327,7 +343,7 @@ class NetworkLoop:
             now = time.monotonic()
             if now - last_misc >= 0.25:
                 for session in self._sessions:
-                    _safely(lambda s=session, t=now: s._maintain(t), session.client_id)
+                    _safely(functools.partial(session._maintain, now), session.client_id)
                 last_misc = now
             for key, events in self._selector.select(timeout=0.1):
                 if key.data is None:

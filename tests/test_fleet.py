@@ -129,3 +129,32 @@ def test_the_readme_fleet_run_reaches_093_with_int8_at_most_26_percent(tmp_path:
     uplink = sum(r["uplink_bytes"] for r in records)
     as_float32 = sum(r["float32_bytes"] for r in records)
     assert uplink <= 0.26 * as_float32
+
+
+def test_fleet_exits_1_when_the_federation_cannot_finish(tmp_path: Path) -> None:
+    """Quorum can never be met: rounds are extended, never faked, and the run fails."""
+    done = subprocess.run(
+        fleet_cmd(
+            "--clients",
+            "2",
+            "--rounds",
+            "2",
+            "--model",
+            "logreg",
+            "--min-clients",
+            "3",
+            "--round-timeout",
+            "1",
+            "--timeout",
+            "6",
+            "--workdir",
+            str(tmp_path / "w"),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1, done.stderr[-2000:]
+    assert "timed out" in done.stderr
+    assert not [line for line in done.stdout.splitlines() if line.startswith("round")]
+    assert not processes_mentioning(str(tmp_path / "w"))
