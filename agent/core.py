@@ -70,7 +70,7 @@ class AgentCore:
         self.task: Task | None = None
         self.model: Model | None = None
         self.problem = ""  # why this agent cannot train the current task, if it cannot
-        self.latest: tuple[int, int] = (0, 0)  # (round, opened) of the newest global seen
+        self.current: tuple[int, int] = (0, 0)  # (round, opened) of the last global received
         self.rejections: Counter[str] = Counter()
         self._pending_global: bytes | None = None
         saved = read_msgpack(self.state_dir / STATE_FILE) if self.state_dir else None
@@ -123,12 +123,15 @@ class AgentCore:
         except WireError as exc:
             self._reject("global", exc)
             return None
+        # No ordering by round or clock: the retained global is the aggregator's latest word,
+        # and a gateway's clock may jump back after a reboot. Only the exact attempt we
+        # already delivered is skipped (an extension of a round republishes the same one).
         attempt = (message.round, message.opened)
-        self.latest = max(self.latest, attempt)
-        if message.final or model is None or attempt < self.latest:
+        self.current = attempt
+        if message.final or model is None:
             return None
-        if attempt <= (self.last_trained, self.last_opened) or message.round < self.last_trained:
-            return None  # done already; an extension of the same attempt changes nothing
+        if attempt == (self.last_trained, self.last_opened):
+            return None
         if not is_sampled(self.federation, message.round, self.client_id, message.fraction):
             log.debug("%s: not sampled in round %d", self.client_id, message.round)
             return None
@@ -139,9 +142,9 @@ class AgentCore:
         return payload
 
     def is_current(self, job: TrainJob) -> bool:
-        """False when a newer global arrived while the job waited for the trainer."""
+        """False when another global arrived while the job waited for the trainer."""
         message = job.global_model
-        return (message.round, message.opened) >= self.latest and job.task is self.task
+        return (message.round, message.opened) == self.current and job.task is self.task
 
     def train(self, job: TrainJob) -> TrainResult:
         """E local epochs from the global weights; the delta encoded with the task's codec."""
@@ -185,8 +188,6 @@ class AgentCore:
 
     def committed(self, round_number: int, opened: int = 0) -> None:
         """The broker acknowledged our update for this attempt of the round: do not redo it."""
-        if (round_number, opened) <= (self.last_trained, self.last_opened):
-            return
         self.last_trained, self.last_opened = round_number, opened
         if self.state_dir is not None:
             write_msgpack(
