@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
-from broker.local import LocalBroker, find_mosquitto, free_port, render_config
+from broker.config import find_mosquitto, free_port, render_config
+from broker.local import LocalBroker
 
 __all__ = ["LocalBroker", "find_mosquitto", "free_port", "render_config"]

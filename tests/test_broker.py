@@ -12,6 +12,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+import broker.config
 import broker.local
 from broker import LocalBroker, find_mosquitto, free_port, render_config
 from fedge.errors import BrokerError
@@ -159,14 +160,14 @@ def test_a_requested_port_in_use_fails_with_the_log_tail() -> None:
 
 def test_find_mosquitto_falls_back_to_usr_sbin(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))
-    if not os.access(broker.local.FALLBACK_MOSQUITTO, os.X_OK):
+    if not os.access(broker.config.FALLBACK_MOSQUITTO, os.X_OK):
         pytest.skip("mosquitto is not in /usr/sbin here")
-    assert find_mosquitto() == broker.local.FALLBACK_MOSQUITTO
+    assert find_mosquitto() == broker.config.FALLBACK_MOSQUITTO
 
 
 def test_find_mosquitto_says_how_to_install_it_when_missing(monkeypatch, tmp_path: Path) -> None:
     monkeypatch.setenv("PATH", str(tmp_path))  # a real PATH lookup that finds nothing
-    monkeypatch.setattr(broker.local, "FALLBACK_MOSQUITTO", str(tmp_path / "no-mosquitto"))
+    monkeypatch.setattr(broker.config, "FALLBACK_MOSQUITTO", str(tmp_path / "no-mosquitto"))
     with pytest.raises(BrokerError) as caught:
         find_mosquitto()
     assert caught.value.reason == "not_found"
