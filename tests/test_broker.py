@@ -6,7 +6,6 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
@@ -16,16 +15,9 @@ import broker.config
 import broker.local
 from broker import LocalBroker, find_mosquitto, free_port, render_config
 from fedge.errors import BrokerError
+from tests.helpers import wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(30)]
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-        time.sleep(0.02)
 
 
 def collect(client: mqtt.Client, topic: str) -> list[mqtt.MQTTMessage]:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -21,16 +21,9 @@ from fedge.data import load_dataset, partition
 from fedge.mqtt import BrokerAddress
 from fedge.protocol import Topics
 from fedge.wire import Global, Task, Update, pack, unpack
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
 
 
 def make_agents(fed: str, n: int, tmp: Path, *, seed: int = 0) -> list[AgentCore]:

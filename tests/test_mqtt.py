@@ -3,27 +3,18 @@
 from __future__ import annotations
 
 import threading
-import time
 
 import pytest
 
 from broker import LocalBroker
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session, Will
+from tests.helpers import wait_for
 
 pytestmark = pytest.mark.integration
 
 
 def address(broker) -> BrokerAddress:
     return BrokerAddress(broker.host, broker.port)
-
-
-def wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.02)
-    return predicate()
 
 
 def test_hundreds_of_sessions_share_one_loop_and_publish_from_their_callbacks(broker) -> None:
@@ -46,8 +37,8 @@ def test_hundreds_of_sessions_share_one_loop_and_publish_from_their_callbacks(br
             session = Session(f"many-{i}", address(broker))
             session.on_connect = lambda s=session: s.publish(f"many/{s.client_id}", b"hi")
             sessions.append(loop.add(session))
-        assert wait_for(lambda: all(s.connected for s in sessions), 20)
-        assert wait_for(lambda: len(received) == 300, 20), len(received)
+        wait_for(lambda: all(s.connected for s in sessions), 20, "every session connected")
+        wait_for(lambda: len(received) == 300, 20, "300 messages")
     finally:
         loop.stop()
 
@@ -74,11 +65,11 @@ def test_publish_resolves_on_ack_and_survives_a_broker_restart(tmp_path) -> None
         assert reader.wait_connected(5) and writer.wait_connected(5)
         writer.publish("r/1", b"one").result(5)
         fresh_broker.stop()  # SIGTERM: the reader's persistent session is saved
-        assert wait_for(lambda: not writer.connected, 5)
+        wait_for(lambda: not writer.connected, 5, "the writer to notice")
         pending = writer.publish("r/2", b"two")  # queued in the session while disconnected
         fresh_broker.restart()  # same port
         pending.result(15)  # acknowledged by the restarted broker
-        assert wait_for(lambda: received == [b"one", b"two"], 10), received
+        wait_for(lambda: received == [b"one", b"two"], 10, "both messages, in order")
         assert writer.connects >= 2 and reader.connects >= 2
     finally:
         loop.stop()
@@ -108,7 +99,7 @@ def test_the_will_is_published_when_a_session_dies_uncleanly(broker) -> None:
         assert watcher.wait_connected(5) and dying.wait_connected(5)
         # an unclean end: the socket closes without a DISCONNECT packet
         dying_loop.call_soon(lambda: dying._client.socket().close())
-        assert wait_for(lambda: wills == [b"gone"], 15), wills
+        wait_for(lambda: wills == [b"gone"], 15, "the will")
     finally:
         dying_loop.stop()
         watcher_loop.stop()
