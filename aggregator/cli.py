@@ -8,7 +8,7 @@ import signal
 import threading
 
 from aggregator.daemon import Aggregator
-from fedge.cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, setup_logging
+from fedge.cli_common import EXIT_FAILED, EXIT_USAGE, setup_logging
 from fedge.config import AggregatorConfig, load
 from fedge.errors import FedgeError
 
@@ -86,7 +86,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_FAILED
     finally:
         log.info("stopped; rejections so far: %s", dict(aggregator.rejections))
-    return EXIT_OK
 
 
 if __name__ == "__main__":
