@@ -56,10 +56,11 @@ def local_data(config: AgentConfig) -> tuple[np.ndarray, np.ndarray]:
         from fedge.data import load_npz
 
         return load_npz(config.data)
-    from fedge.data import load_dataset, partition
+    from fedge.data import emulated_split
 
-    data = load_dataset(config.dataset, seed=config.seed)
-    parts = partition(data.y_train, config.num_clients, config.partition, seed=config.seed)
+    data, parts = emulated_split(
+        config.dataset, config.num_clients, config.partition, seed=config.seed
+    )
     index = parts[config.client_index]
     return data.x_train[index], data.y_train[index]
 

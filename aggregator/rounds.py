@@ -77,6 +77,7 @@ class RoundState:
     def __post_init__(self) -> None:
         self.base_hash = P.content_hash(self.global_weights)
         self._sampling: dict[str, bool] = {}
+        self._f32_delta = float32_delta_size(self.global_weights)
         self.strategy.start(self.global_weights)
 
     @property
@@ -93,7 +94,8 @@ class RoundState:
         self.strategy.fold(delta, float(update.num_examples))
         self.contributors[topic_client] = update.num_examples
         self.uplink_bytes += len(payload)
-        self.float32_bytes += _float32_size(update, delta)
+        # the same message with a float32 delta: a map's size is the sum of its entries
+        self.float32_bytes += len(payload) - len(pack({"delta": update.delta})) + self._f32_delta
         return Verdict(True, topic_client)
 
     def _validate(self, topic_client: str, payload: bytes) -> tuple[Update, Params]:
@@ -175,7 +177,7 @@ class RoundState:
         return self.strategy.finish()
 
 
-def _float32_size(update: Update, delta: Params) -> int:
-    """What this update would weigh with the float32 codec (for the compression ratio)."""
-    tensors = encode_params(delta, get_codec("float32"), np.random.default_rng(0))
-    return len(pack({**update.to_wire(), "delta": tensors}))
+def float32_delta_size(global_weights: Params) -> int:
+    """Packed size of a float32-coded delta for this layout: it depends on shapes only."""
+    zeros = P.zeros_like(global_weights)
+    return len(pack({"delta": encode_params(zeros, get_codec("float32"), np.random.default_rng())}))

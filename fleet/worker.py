@@ -15,7 +15,7 @@ from pathlib import Path
 from agent.core import AgentCore
 from agent.runtime import AgentRuntime
 from fedge.cli_common import setup_logging
-from fedge.data import load_dataset, partition
+from fedge.data import emulated_split
 from fedge.mqtt import BrokerAddress
 
 log = logging.getLogger("fedge.fleet.worker")
@@ -38,8 +38,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
-    data = load_dataset(args.dataset, seed=args.seed)
-    parts = partition(data.y_train, args.num_clients, args.partition, seed=args.seed, min_size=1)
+    data, parts = emulated_split(args.dataset, args.num_clients, args.partition, seed=args.seed)
     agents = []
     for index in (int(i) for i in args.indices.split(",") if i):
         rows = parts[index]

@@ -156,3 +156,18 @@ def test_bad_agent_configuration_exits_2_with_the_key_named(tmp_path) -> None:
         timeout=30,
     )
     assert missing.returncode == 2 and "missing.npz" in missing.stderr
+
+
+def test_an_emulated_agent_gets_the_same_share_as_in_the_fleet() -> None:
+    """Standalone and fleet-hosted emulated agents split the dataset the same way."""
+    from agent.cli import local_data
+    from fedge.config import AgentConfig
+    from fedge.data import emulated_split
+
+    config = AgentConfig(
+        client_id="x", dataset="digits", partition="iid", num_clients=1000, client_index=999, seed=3
+    )
+    x, y = local_data(config)
+    data, parts = emulated_split("digits", 1000, "iid", seed=3)
+    assert 1 <= len(y) <= 2  # 1,000 clients share 1,437 training rows
+    np.testing.assert_array_equal(x, data.x_train[parts[999]])

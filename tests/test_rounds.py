@@ -193,3 +193,11 @@ def test_deadline_with_quorum_closes_with_what_arrived() -> None:
     state.offer("c0", update_payload("c0", 1, weights(), delta(0), federation="fed"))
     assert not state.ready(0, {"c0", "c1"})
     assert state.ready(state.deadline_ms, {"c0", "c1"})
+
+
+def test_float32_bytes_is_the_size_the_same_update_has_with_the_float32_codec() -> None:
+    state = open_round("int8")
+    payload = update_payload("c1", 1, weights(), delta(1), codec="int8", federation="fed")
+    assert state.offer("c1", payload).accepted
+    as_float32 = update_payload("c1", 1, weights(), delta(1), codec="float32", federation="fed")
+    assert state.uplink_bytes == len(payload) < state.float32_bytes == len(as_float32)

@@ -73,3 +73,18 @@ def load_dataset(name: str, *, seed: int = 0, test_fraction: float = 0.2) -> Dat
         n_features=int(x.shape[1]),
         n_classes=len(bunch.target_names),
     )
+
+
+def emulated_split(
+    name: str, num_clients: int, spec: str, *, seed: int
+) -> tuple[Dataset, list[np.ndarray]]:
+    """A bundled dataset and each emulated client's training rows.
+
+    The fleet emulator and a standalone emulated ``fedge-agent`` both use this, so client i
+    holds the same rows either way. One example per client is allowed (a large fleet on a
+    small dataset).
+    """
+    from fedge.data.partition import partition
+
+    data = load_dataset(name, seed=seed)
+    return data, partition(data.y_train, num_clients, spec, seed=seed, min_size=1)
