@@ -3,6 +3,11 @@
 The runtime calls ``on_task`` / ``on_global`` from the network thread (cheap: decode and
 decide) and ``train`` from a worker thread. Every refusal is counted by reason and logged
 once; nothing raises out of these methods except for programming errors.
+
+Error feedback: when the task asks for it, the agent adds to each delta what compression
+dropped from the previous one (the residual) and keeps the new residual. The residual is
+saved with the round marker, atomically, only once the broker acknowledged the update, so a
+restart neither loses nor double-counts it.
 """
 
 from __future__ import annotations
@@ -17,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from fedge import params as P
-from fedge.codec import encode_params, get_codec
+from fedge.codecs import Pipeline
 from fedge.errors import FedgeError, WireError
 from fedge.models import Model, model_from_spec
 from fedge.protocol import is_sampled
@@ -43,6 +48,7 @@ class TrainResult:
     update: bytes
     metrics: bytes
     values: dict[str, float]
+    residual: np.ndarray  # error-feedback memory after this update (empty when off)
 
 
 class AgentCore:
@@ -77,6 +83,10 @@ class AgentCore:
         saved = saved if isinstance(saved, dict) else {}
         self.last_trained = int(saved.get("last_trained", 0))
         self.last_opened = int(saved.get("last_opened", 0))
+        self.residual_model = bytes(saved.get("residual_model", b""))
+        raw = saved.get("residual", b"")
+        self.residual = np.frombuffer(raw if isinstance(raw, bytes) else b"", dtype="<f4").copy()
+        self.pipeline: Pipeline | None = None
 
     @property
     def num_examples(self) -> int:
@@ -87,7 +97,7 @@ class AgentCore:
             task = Task.from_wire(unpack(payload, self.limits), self.limits)
             if task.federation != self.federation:
                 raise WireError(f"task for federation {task.federation!r}", reason="federation")
-            get_codec(task.codec)
+            pipeline = Pipeline(task.codec)
             model = model_from_spec(task.model_spec, seed=self.seed)
             if P.spec_of(model.get_weights()) != task.layout:
                 raise WireError("model spec and layout disagree", reason="shape")
@@ -106,6 +116,7 @@ class AgentCore:
             self._reject("task", exc)
             return
         self.task, self.model, self.problem = task, model, ""
+        self.pipeline = pipeline
         log.info("%s: task %s (%s)", self.client_id, task.model.id, task.model.hash.hex()[:12])
 
     def on_global(self, payload: bytes) -> TrainJob | None:
@@ -160,10 +171,16 @@ class AgentCore:
             lr=task.hyper.lr,
             seed=round_seed,
         )
-        delta = P.subtract(job.model.get_weights(), message.weights)
-        if not P.all_finite(delta):
+        delta = P.flatten(P.subtract(job.model.get_weights(), message.weights))
+        if not np.all(np.isfinite(delta)):
             raise FedgeError(f"{self.client_id}: training diverged (non-finite weights)")
-        tensors = encode_params(delta, get_codec(task.codec), np.random.default_rng(round_seed + 1))
+        memory = self._residual_for(task, delta.size)
+        if memory is not None:
+            delta = delta + memory
+        pipeline = self.pipeline or Pipeline(task.codec)
+        lengths = [int(np.prod(shape, dtype=np.int64)) for _, shape in task.layout]
+        encoded = pipeline.encode(delta, lengths, np.random.default_rng(round_seed + 1))
+        residual = delta - encoded.decoded if task.error_feedback else np.zeros(0, np.float32)
         values = {
             "loss": float(fit["loss"]),
             "accuracy": float(fit["accuracy"]),
@@ -176,7 +193,7 @@ class AgentCore:
             task.model,
             message.weights_hash,
             self.num_examples,
-            tensors,
+            encoded.wire,
         )  # local numbers travel on metrics/<client>, not on the scarce update uplink
         metrics = Metrics(
             self.federation,
@@ -184,15 +201,36 @@ class AgentCore:
             self.client_id,
             {**values, "num_examples": float(self.num_examples)},
         )
-        return TrainResult(message.round, message.opened, encode(update), encode(metrics), values)
+        return TrainResult(
+            message.round, message.opened, encode(update), encode(metrics), values, residual
+        )
 
-    def committed(self, round_number: int, opened: int = 0) -> None:
-        """The broker acknowledged our update for this attempt of the round: do not redo it."""
+    def _residual_for(self, task: Task, size: int) -> np.ndarray | None:
+        """The saved residual when error feedback is on and it belongs to this model."""
+        if not task.error_feedback or self.residual.size != size:
+            return None
+        if self.residual_model != task.model.hash:
+            return None
+        return self.residual
+
+    def committed(
+        self, round_number: int, opened: int = 0, residual: np.ndarray | None = None
+    ) -> None:
+        """The broker acknowledged our update for this attempt of the round: do not redo it,
+        and from now on carry ``residual`` (None: keep the current one)."""
         self.last_trained, self.last_opened = round_number, opened
+        if residual is not None:
+            self.residual = np.asarray(residual, dtype=np.float32)
+            self.residual_model = self.task.model.hash if self.task and residual.size else b""
         if self.state_dir is not None:
             write_msgpack(
                 self.state_dir / STATE_FILE,
-                {"last_trained": self.last_trained, "last_opened": self.last_opened},
+                {
+                    "last_trained": self.last_trained,
+                    "last_opened": self.last_opened,
+                    "residual_model": self.residual_model,
+                    "residual": self.residual.astype("<f4").tobytes(),
+                },
             )
 
     def _reject(self, what: str, exc: Exception) -> None:

@@ -136,7 +136,7 @@ class AgentRuntime:
 
         def acknowledged(done: Future[None]) -> None:
             if done.exception() is None:
-                agent.committed(result.round, result.opened)
+                agent.committed(result.round, result.opened, result.residual)
                 with self._lock:
                     self.updates_sent += 1
 

@@ -8,7 +8,7 @@ import signal
 import threading
 
 from aggregator.daemon import Aggregator
-from fedge.cli_common import EXIT_FAILED, EXIT_USAGE, setup_logging
+from fedge.cli_common import CODEC_HELP, EXIT_FAILED, EXIT_USAGE, setup_logging
 from fedge.config import AggregatorConfig, load
 from fedge.errors import FedgeError
 
@@ -43,7 +43,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, help="local epochs per round")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
-    p.add_argument("--codec", help="update codec the agents must use: int8 | float32")
+    p.add_argument(
+        "--codec",
+        help=CODEC_HELP,
+    )
+    p.add_argument(
+        "--error-feedback",
+        choices=["auto", "on", "off"],
+        help="agents carry what compression dropped into the next round (auto: biased codecs)",
+    )
+    p.add_argument("--downlink", choices=["float32", "float16"], help="global model encoding")
     p.add_argument("--fraction", type=float, help="share of clients sampled per round")
     p.add_argument("--min-clients", type=int, help="quorum to close a round")
     p.add_argument("--target-clients", type=int, help="close as soon as this many reported")

@@ -20,6 +20,7 @@ import numpy as np
 from aggregator import checkpoint
 from aggregator.rounds import RoundRules, RoundState
 from fedge import history
+from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
 from fedge.errors import ConfigError, WireError
 from fedge.models import Model, build_model
@@ -77,13 +78,19 @@ class Aggregator:
         self.on_round = on_round
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
+        codec = Pipeline(config.codec)
+        if codec.sent_as() != codec.name:
+            log.warning(
+                "no 'zstandard' package: announcing %s instead of %s", codec.sent_as(), codec.name
+            )
         self.rules = RoundRules(
             config.fraction,
             config.min_clients,
             config.target_clients,
             config.round_timeout_s,
             config.max_update_norm,
-            config.codec,
+            codec.sent_as(),
+            config.downlink,
         )
         n_features, n_classes, self.eval_data = resolve_dimensions(config)
         self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
@@ -183,7 +190,8 @@ class Aggregator:
             self.spec,
             self.layout,
             Hyper(self.config.epochs, self.config.batch_size, self.config.lr),
-            self.config.codec,
+            self.rules.codec,
+            self.config.use_error_feedback,
         )
         assert self._session is not None
         self._session.publish(self.topics.task, encode(task), qos=1, retain=True)
@@ -210,6 +218,7 @@ class Aggregator:
             final,
             metrics or {},
             opened=opened_ms,
+            weights_codec=self.rules.downlink,
         )
         assert self._session is not None
         return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)

@@ -14,18 +14,22 @@ import numpy as np
 
 from aggregator.strategies import FedAvg, Strategy
 from fedge import params as P
-from fedge.codec import encode_params, get_codec
+from fedge.codecs import DOWNLINK_CODECS, Pipeline, accepted_names, encode_params
 from fedge.errors import WireError
 from fedge.params import Params, TensorSpec
 from fedge.protocol import is_sampled
-from fedge.wire import Limits, ModelRef, Reason, Update, now_ms, pack, unpack
+from fedge.wire import Limits, ModelRef, Reason, Update, downlink_encode, now_ms, pack, unpack
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class RoundRules:
-    """When a round may close. ``target_clients`` 0 means every sampled online client."""
+    """When a round may close and what updates must look like.
+
+    ``target_clients`` 0 means every sampled online client. ``codec`` is the update pipeline
+    agents must use; ``downlink`` how the global model travels (float32 or float16).
+    """
 
     fraction: float = 1.0
     min_clients: int = 1
@@ -33,6 +37,7 @@ class RoundRules:
     round_timeout_s: float = 60.0
     max_update_norm: float = 0.0  # 0 = no bound
     codec: str = "int8"
+    downlink: str = "float32"
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -43,7 +48,9 @@ class RoundRules:
             raise ValueError("target_clients must be 0 or >= min_clients")
         if self.round_timeout_s <= 0:
             raise ValueError("round_timeout_s must be positive")
-        get_codec(self.codec)
+        object.__setattr__(self, "codec", Pipeline(self.codec).name)  # canonical, or ValueError
+        if self.downlink not in DOWNLINK_CODECS:
+            raise ValueError(f"downlink must be one of {DOWNLINK_CODECS}, got {self.downlink!r}")
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,11 @@ class RoundState:
     opened_ms: int = field(default_factory=now_ms)  # marks this attempt of the round
 
     def __post_init__(self) -> None:
-        self.base_hash = P.content_hash(self.global_weights)
+        # agents train from the weights as they decode them (float16 downlink rounds them)
+        self.base_hash = P.content_hash(
+            downlink_encode(self.global_weights, self.rules.downlink)[1]
+        )
+        self._accepted = accepted_names(self.rules.codec)
         self._sampling: dict[str, bool] = {}
         self._f32_delta = float32_delta_size(self.global_weights)
         self.strategy.start(self.global_weights)
@@ -127,7 +138,7 @@ class RoundState:
                 f"second update from {topic_client!r} in round {self.round}",
                 reason=Reason.DUPLICATE.value,
             )
-        delta = update.decode_delta(self.layout, self.rules.codec)
+        delta = update.decode_delta(self.layout, self._accepted)
         if self.rules.max_update_norm > 0:
             norm = P.l2_norm(delta)
             if norm > self.rules.max_update_norm:
@@ -179,5 +190,7 @@ class RoundState:
 
 def float32_delta_size(global_weights: Params) -> int:
     """Packed size of a float32-coded delta for this layout: it depends on shapes only."""
-    zeros = P.zeros_like(global_weights)
-    return len(pack({"delta": encode_params(zeros, get_codec("float32"), np.random.default_rng())}))
+    wire, _ = encode_params(
+        P.zeros_like(global_weights), Pipeline("float32"), np.random.default_rng()
+    )
+    return len(pack({"delta": wire}))

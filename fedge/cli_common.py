@@ -11,6 +11,10 @@ import os
 import sys
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+CODEC_HELP = (
+    "update codec pipeline, e.g. int8, int4:block=1024, topk:0.05+int8+zstd "
+    "(see docs/protocol.md, Codecs)"
+)
 
 
 def setup_logging(level: str = "INFO") -> None:

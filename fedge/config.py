@@ -13,7 +13,7 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, TypeVar
 
-from fedge.codec import CODECS
+from fedge.codecs import DOWNLINK_CODECS, parse_pipeline
 from fedge.errors import ConfigError
 from fedge.mqtt import BrokerAddress
 from fedge.protocol import valid_name
@@ -42,7 +42,9 @@ class AggregatorConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
-    codec: str = "int8"
+    codec: str = "int8"  # update pipeline, e.g. "int8", "int4:block=1024", "topk:0.05+int8+zstd"
+    error_feedback: str = "auto"  # auto (on for biased codecs: topk, sign, nearest) | on | off
+    downlink: str = "float32"  # how the global model travels: float32 | float16
     fraction: float = 1.0
     min_clients: int = 1
     target_clients: int = 0
@@ -56,6 +58,12 @@ class AggregatorConfig:
     def mqtt_client_id(self) -> str:
         return self.client_id or f"aggregator-{self.federation}"[:64]
 
+    @property
+    def use_error_feedback(self) -> bool:
+        if self.error_feedback == "auto":
+            return parse_pipeline(self.codec).biased
+        return self.error_feedback == "on"
+
     def validate(self) -> None:
         _check_broker(self.broker)
         _check(valid_name(self.federation), "federation", self.federation, "1-64 of [A-Za-z0-9_.-]")
@@ -65,7 +73,22 @@ class AggregatorConfig:
             self.client_id,
             "1-64 of [A-Za-z0-9_.-]",
         )
-        _check(self.codec in CODECS, "codec", self.codec, f"one of {sorted(CODECS)}")
+        try:
+            parse_pipeline(self.codec)
+        except ValueError as exc:
+            raise ConfigError(f"key 'codec': {exc}") from None
+        _check(
+            self.error_feedback in ("auto", "on", "off"),
+            "error_feedback",
+            self.error_feedback,
+            "auto, on or off",
+        )
+        _check(
+            self.downlink in DOWNLINK_CODECS,
+            "downlink",
+            self.downlink,
+            " or ".join(DOWNLINK_CODECS),
+        )
         _check(self.rounds >= 0, "rounds", self.rounds, ">= 0")
         _check(1 <= self.epochs <= 1000, "epochs", self.epochs, "1..1000")
         _check(1 <= self.batch_size <= 1 << 20, "batch_size", self.batch_size, ">= 1")

@@ -9,13 +9,14 @@ Checks that need state (round, model hash, duplicates) belong to the receiver.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
 
-from fedge.codec import Float32Codec, WireTensor, decode_params, encode_params
+from fedge.codecs import DOWNLINK_CODECS, Pipeline, WireDelta, decode_params, encode_params
 from fedge.params import Params, TensorSpec, content_hash
 from fedge.protocol import VERSION, Kind
 from fedge.wire_fields import (
@@ -141,7 +142,11 @@ class Hyper:
 
 @dataclass(frozen=True)
 class Task:
-    """What the federation trains (retained on ``task``): model, layout, hyper-params, codec."""
+    """What the federation trains (retained on ``task``): model, layout, hyper-params, codec.
+
+    ``codec`` is the canonical update pipeline (``fedge.codecs``); ``error_feedback`` asks
+    agents to carry what compression dropped into their next update.
+    """
 
     kind: ClassVar[Kind] = Kind.TASK
     federation: str
@@ -151,6 +156,7 @@ class Task:
     layout: list[TensorSpec]
     hyper: Hyper
     codec: str
+    error_feedback: bool = False
     round: int = 0
     ts: int = field(default_factory=now_ms)
 
@@ -162,6 +168,7 @@ class Task:
             "layout": [[n, list(s)] for n, s in self.layout],
             "hyper": self.hyper.to_wire(),
             "codec": self.codec,
+            "error_feedback": self.error_feedback,
         }
 
     @classmethod
@@ -172,6 +179,10 @@ class Task:
             raise refuse("model_spec has too many fields")
         layout = _layout(get_field(m, "layout", list))
         codec = get_field(m, "codec", str)
+        try:
+            codec = Pipeline(codec).name
+        except ValueError as exc:
+            raise refuse(f"task codec: {exc}") from None
         return cls(
             federation,
             sender,
@@ -180,6 +191,7 @@ class Task:
             layout,
             Hyper.from_wire(m.get("hyper")),
             codec,
+            get_field(m, "error_feedback", bool),
             round_number,
             ts,
         )
@@ -211,7 +223,10 @@ def _layout(raw: list) -> list[TensorSpec]:
 
 @dataclass(frozen=True)
 class Global:
-    """The global model for ``round`` (retained on ``global``): full float32 weights + rules.
+    """The global model for ``round`` (retained on ``global``): full weights + round rules.
+
+    ``weights_codec`` is ``float32`` or ``float16`` (half the downlink); ``weights_hash``
+    names the weights as a receiver decodes them, which is what agents train from.
 
     ``final`` marks the last model of a finished federation: agents do not train on it.
     ``opened`` marks one attempt of the round: an aggregator that restarted mid-round opens
@@ -231,19 +246,32 @@ class Global:
     final: bool = False
     metrics: dict[str, float] = field(default_factory=dict)
     opened: int = 0  # ms since the epoch when this attempt of the round was opened
+    weights_codec: str = "float32"
     ts: int = field(default_factory=now_ms)
 
+    def __post_init__(self) -> None:
+        if self.weights_codec not in DOWNLINK_CODECS:
+            raise ValueError(f"weights_codec must be one of {DOWNLINK_CODECS}")
+
+    @cached_property
+    def _encoded(self) -> tuple[WireDelta, Params]:
+        return downlink_encode(self.weights, self.weights_codec)
+
     @property
+    def received_weights(self) -> Params:
+        """The weights exactly as an agent decodes them (float16 rounding included)."""
+        return self._encoded[1]
+
+    @cached_property
     def weights_hash(self) -> bytes:
-        return content_hash(self.weights)
+        return content_hash(self.received_weights)
 
     def to_wire(self) -> dict[str, Any]:
-        tensors = encode_params(self.weights, Float32Codec(), np.random.default_rng(0))
         return {
             **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "weights_hash": self.weights_hash,
-            "weights": tensors,
+            "weights": self._encoded[0],
             "deadline": self.deadline,
             "fraction": self.fraction,
             "min_clients": self.min_clients,
@@ -258,7 +286,8 @@ class Global:
     ) -> Global:
         """Decode against the task's layout; the weights must hash to ``weights_hash``."""
         federation, round_number, sender, ts = _header(cls.kind, m)
-        weights = decode_params(m.get("weights"), layout, allowed_codecs=("float32",))
+        encoded = get_field(m, "weights", dict)
+        weights = decode_params(encoded, layout, DOWNLINK_CODECS)
         if content_hash(weights) != hash_field(m, "weights_hash"):
             raise refuse("weights do not match weights_hash")
         final = get_field(m, "final", bool)
@@ -274,8 +303,14 @@ class Global:
             final,
             metrics_field(m, "metrics", limits),
             opened=int_field(m, "opened"),
+            weights_codec=encoded["codec"],
             ts=ts,
         )
+
+
+def downlink_encode(weights: Mapping[str, np.ndarray], codec: str) -> tuple[WireDelta, Params]:
+    """(wire map, weights as received) for a global model sent as float32 or float16."""
+    return encode_params(weights, Pipeline(codec), np.random.default_rng(0))
 
 
 @dataclass(frozen=True)
@@ -289,7 +324,7 @@ class Update:
     model: ModelRef
     base: bytes  # weights_hash of the global this delta was trained from
     num_examples: int
-    delta: list[WireTensor]
+    delta: WireDelta
     metrics: dict[str, float] = field(default_factory=dict)
     ts: int = field(default_factory=now_ms)
 
@@ -308,7 +343,7 @@ class Update:
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Update:
         federation, round_number, sender, ts = _header(cls.kind, m)
-        delta = get_field(m, "delta", list)
+        delta = get_field(m, "delta", dict)
         return cls(
             federation,
             round_number,
@@ -321,9 +356,9 @@ class Update:
             ts,
         )
 
-    def decode_delta(self, layout: list[TensorSpec], codec: str | None = None) -> Params:
-        """The float32 delta, checked against the model layout (and the task's codec)."""
-        return decode_params(self.delta, layout, allowed_codecs=None if codec is None else (codec,))
+    def decode_delta(self, layout: list[TensorSpec], accepted: Collection[str]) -> Params:
+        """The float32 delta, checked against the model layout and the accepted codec names."""
+        return decode_params(self.delta, layout, accepted)
 
 
 STATES = ("online", "offline", "declined", "error")

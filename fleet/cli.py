@@ -22,7 +22,14 @@ from typing import Any
 
 from aggregator.daemon import Aggregator
 from broker import LocalBroker
-from fedge.cli_common import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, setup_logging
+from fedge.cli_common import (
+    CODEC_HELP,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    EXIT_USAGE,
+    setup_logging,
+)
 from fedge.config import AggregatorConfig, load
 from fedge.errors import FedgeError
 from fleet.baseline import centralised_baseline
@@ -50,7 +57,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA")
     p.add_argument("--model", default="mlp", help="logreg | mlp | mlp:H | mlp:H1,H2")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--codec", default="int8", choices=["int8", "float32"])
+    p.add_argument(
+        "--codec",
+        default="int8",
+        help=CODEC_HELP,
+    )
+    p.add_argument("--error-feedback", default="auto", choices=["auto", "on", "off"])
+    p.add_argument("--downlink", default="float32", choices=["float32", "float16"])
     p.add_argument("--epochs", type=int, default=5, help="local epochs per round")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=0.05)
@@ -159,6 +172,8 @@ def aggregator_config(args: argparse.Namespace, workdir: Path, broker: str) -> A
             "batch_size": args.batch_size,
             "lr": args.lr,
             "codec": args.codec,
+            "error_feedback": args.error_feedback,
+            "downlink": args.downlink,
             "fraction": args.fraction,
             "min_clients": args.min_clients,
             "start_clients": args.clients,

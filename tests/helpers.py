@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from fedge.codec import encode_params, get_codec
+from fedge.codecs import Pipeline, encode_params
 from fedge.params import Params, content_hash, spec_of
 from fedge.wire import Update, encode, model_ref
 
@@ -43,7 +43,7 @@ def update_payload(
     seed: int = 0,
     **overrides: object,
 ) -> bytes:
-    tensors = encode_params(d, get_codec(codec), np.random.default_rng(seed))
+    tensors, _ = encode_params(d, Pipeline(codec), np.random.default_rng(seed))
     update = Update(
         federation,
         round_number,

@@ -38,7 +38,7 @@ def test_trains_once_per_attempt_and_again_when_the_round_is_reopened(tmp_path: 
     result = a.train(job)
     update = Update.from_wire(unpack(result.update))
     assert update.round == 1 and update.num_examples == 40
-    assert update.decode_delta(LAYOUT, "int8")["dense0.w"].shape == (4, 3)
+    assert update.decode_delta(LAYOUT, {"int8"})["dense0.w"].shape == (4, 3)
     a.committed(result.round, result.opened)
     assert a.on_global(glob(1, 100)) is None  # the same attempt, e.g. a deadline extension
     assert a.on_global(glob(1, 200)) is not None  # reopened after an aggregator restart

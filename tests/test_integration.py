@@ -233,10 +233,10 @@ def test_bad_updates_are_rejected_by_reason_and_the_round_completes(
         def variant(**changes: object) -> bytes:
             return pack({**genuine, **changes})
 
-        nan_delta = [dict(t) for t in genuine["delta"]]
-        nan_delta[1]["data"] = np.full(len(nan_delta[1]["data"]) // 4, np.nan, "<f4").tobytes()
-        wrong_shape = [dict(t) for t in genuine["delta"]]
-        wrong_shape[0]["shape"] = list(reversed(wrong_shape[0]["shape"]))
+        nan_delta = dict(genuine["delta"])
+        nan_delta["data"] = np.full(len(nan_delta["data"]) // 4, np.nan, "<f4").tobytes()
+        wrong_shape = dict(genuine["delta"])
+        wrong_shape["n"] += 1  # a delta for another layout
         send("dev-0", b"\x92not msgpack")
         send("dev-0", b"\x00" * (70 * 1024))
         send("dev-0", variant(delta=wrong_shape))
