@@ -209,7 +209,7 @@ class AgentCore:
         """The saved residual when error feedback is on and it belongs to this model."""
         if not task.error_feedback or self.residual.size != size:
             return None
-        if self.residual_model != task.model.hash:
+        if self.residual_model != _model_key(task):
             return None
         return self.residual
 
@@ -221,7 +221,7 @@ class AgentCore:
         self.last_trained, self.last_opened = round_number, opened
         if residual is not None:
             self.residual = np.asarray(residual, dtype=np.float32)
-            self.residual_model = self.task.model.hash if self.task and residual.size else b""
+            self.residual_model = _model_key(self.task) if self.task and residual.size else b""
         if self.state_dir is not None:
             write_msgpack(
                 self.state_dir / STATE_FILE,
@@ -237,6 +237,11 @@ class AgentCore:
         reason = getattr(exc, "reason", "malformed")
         self.rejections[f"{what}:{reason}"] += 1
         log.warning("%s: refused %s message: %s (%s)", self.client_id, what, reason, exc)
+
+
+def _model_key(task: Task) -> bytes:
+    """Which model a residual belongs to: id and content hash (same layout is not enough)."""
+    return task.model.id.encode() + b"\0" + task.model.hash
 
 
 def _derive_seed(seed: int, client_id: str, round_number: int) -> int:

@@ -101,3 +101,91 @@ def test_bad_messages_are_counted_and_change_nothing() -> None:
     )
     assert a.on_global(wrong) is None and a.rejections["global:model"] == 1
     assert a.task is not None and a.on_global(glob(1, 1)) is not None
+
+
+EF_TASK = encode(
+    Task("fed", "agg", REF, SPEC, LAYOUT, Hyper(1, 8, 0.1), "topk:3+int8", error_feedback=True)
+)
+
+
+def trained(a: AgentCore, round_number: int, **kw: object) -> tuple[np.ndarray, np.ndarray]:
+    """(decoded delta as sent, residual kept) for one round, acknowledged."""
+    job = a.on_global(glob(round_number, round_number * 100, **kw))
+    assert job is not None
+    result = a.train(job)
+    update = Update.from_wire(unpack(result.update))
+    sent = update.decode_delta(LAYOUT, {"topk:3+int8"})
+    a.committed(result.round, result.opened, result.residual)
+    return np.concatenate([v.ravel() for v in sent.values()]), result.residual
+
+
+def test_error_feedback_keeps_what_topk_dropped_and_it_survives_a_restart(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(EF_TASK)
+    sent, residual = trained(a, 1)
+    assert np.count_nonzero(sent) <= 3 and residual.size == 15
+    assert np.count_nonzero(residual) >= 12  # the 12 dropped values, plus int8 rounding
+    restarted = agent(tmp_path)
+    np.testing.assert_array_equal(restarted.residual, residual)
+    restarted.on_task(EF_TASK)
+    job = restarted.on_global(glob(2, 200))
+    assert job is not None
+    again = restarted.train(job)
+    # the next delta carries the residual: what is sent plus what is kept adds up to both
+    fresh = agent()  # same data and seed, no memory
+    fresh.on_task(encode(Task("fed", "agg", REF, SPEC, LAYOUT, Hyper(1, 8, 0.1), "float32")))
+    plain = fresh.train(fresh.on_global(glob(2, 200)))  # type: ignore[arg-type]
+    want = Update.from_wire(unpack(plain.update)).decode_delta(LAYOUT, {"float32"})
+    want_flat = np.concatenate([v.ravel() for v in want.values()])
+    got = Update.from_wire(unpack(again.update)).decode_delta(LAYOUT, {"topk:3+int8"})
+    got_flat = np.concatenate([v.ravel() for v in got.values()])
+    np.testing.assert_allclose(got_flat + again.residual, want_flat + residual, atol=1e-6)
+
+
+def test_an_unacknowledged_update_leaves_the_saved_residual_alone(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(EF_TASK)
+    _, residual = trained(a, 1)
+    job = a.on_global(glob(2, 200))
+    assert job is not None
+    a.train(job)  # never acknowledged: the broker did not take it
+    np.testing.assert_array_equal(agent(tmp_path).residual, residual)
+
+
+def test_a_residual_from_another_model_is_not_applied(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(EF_TASK)
+    trained(a, 1)
+    other = model_ref("logreg-v2", SPEC, LAYOUT)
+    b = agent(tmp_path)
+    b.on_task(
+        encode(Task("fed", "agg", other, SPEC, LAYOUT, Hyper(1, 8, 0.1), "topk:3+int8", True))
+    )
+    job = b.on_global(encode(Global("fed", 2, "agg", other, MODEL.get_weights(), 0, opened=200)))
+    assert job is not None
+    assert b._residual_for(job.task, 15) is None
+
+
+def test_without_error_feedback_nothing_is_kept(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(encode(Task("fed", "agg", REF, SPEC, LAYOUT, Hyper(1, 8, 0.1), "topk:3+int8")))
+    job = a.on_global(glob(1, 100))
+    assert job is not None
+    result = a.train(job)
+    assert result.residual.size == 0
+    a.committed(result.round, result.opened, result.residual)
+    assert agent(tmp_path).residual.size == 0
+
+
+def test_a_float16_global_is_trained_from_as_received() -> None:
+    a = agent()
+    a.on_task(TASK)
+    payload = glob(1, 100, weights_codec="float16")
+    job = a.on_global(payload)
+    assert job is not None
+    received = job.global_model.weights
+    assert all(
+        np.array_equal(w, w.astype(np.float16).astype(np.float32)) for w in received.values()
+    )
+    update = Update.from_wire(unpack(a.train(job).update))
+    assert update.base == Global.from_wire(unpack(payload), LAYOUT).weights_hash

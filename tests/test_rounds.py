@@ -192,3 +192,17 @@ def test_float32_bytes_is_the_size_the_same_update_has_with_the_float32_codec() 
     assert state.offer("c1", payload).accepted
     as_float32 = update_payload("c1", 1, weights(), delta(1), codec="float32", federation="fed")
     assert state.uplink_bytes == len(payload) < state.float32_bytes == len(as_float32)
+
+
+def test_with_a_float16_downlink_updates_must_start_from_the_float16_weights() -> None:
+    from fedge.wire import Global, encode
+
+    state = open_round("float32", downlink="float16")
+    sent = Global("fed", 1, "agg", MODEL, weights(), 0, weights_codec="float16")
+    received = Global.from_wire(unpack(encode(sent)), LAYOUT)
+    assert received.weights_hash == sent.weights_hash == state.base_hash
+    assert not P.allclose(received.weights, weights(), atol=0)  # float16 really rounded them
+    from_float16 = update_payload("c1", 1, received.weights, delta(1), federation="fed")
+    from_float32 = update_payload("c2", 1, weights(), delta(2), federation="fed")
+    assert state.offer("c1", from_float16).accepted
+    assert state.offer("c2", from_float32).reason == "stale"
