@@ -158,3 +158,27 @@ def test_fleet_exits_1_when_the_federation_cannot_finish(tmp_path: Path) -> None
     assert "timed out" in done.stderr
     assert not [line for line in done.stdout.splitlines() if line.startswith("round")]
     assert not processes_mentioning(str(tmp_path / "w"))
+
+
+def test_a_compressed_fleet_with_error_feedback_learns_over_mqtt(tmp_path: Path) -> None:
+    """top-k + int8 + zstd with error feedback and a float16 downlink, end to end on a broker:
+    every update is accepted, the uplink is a small fraction of float32, the model learns."""
+    hist = tmp_path / "h.jsonl"
+    done = subprocess.run(
+        fleet_cmd(
+            *("--clients", "8", "--rounds", "6", "--model", "mlp:32", "--partition", "iid"),
+            *("--codec", "topk:0.1+int8+zstd", "--downlink", "float16", "--seed", "2"),
+            *("--history", str(hist), "--workdir", str(tmp_path / "w")),
+        ),
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    records = [json.loads(line) for line in hist.read_text().splitlines()]
+    assert [r["clients"] for r in records] == [8] * 6
+    assert all(not r["rejected"] for r in records)
+    assert records[-1]["codec"] == "topk:0.1+int8+zstd"
+    share = sum(r["uplink_bytes"] for r in records) / sum(r["float32_bytes"] for r in records)
+    assert share < 0.12
+    assert records[-1]["accuracy"] > 0.8 > records[0]["accuracy"]
