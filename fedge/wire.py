@@ -139,9 +139,16 @@ class Hyper:
         )
 
 
+MAX_MODEL_FILE = 8 * 1024 * 1024  # a shipped .tflite file; the zoo's are well under 1 MiB
+
+
 @dataclass(frozen=True)
 class Task:
-    """What the federation trains (retained on ``task``): model, layout, hyper-params, codec."""
+    """What the federation trains (retained on ``task``): model, layout, hyper-params, codec.
+
+    ``model_file`` (optional) carries the model file itself (a ``.tflite``) so a fleet can move
+    to a new model without touching devices; it must hash to ``model_spec["sha256"]``.
+    """
 
     kind: ClassVar[Kind] = Kind.TASK
     federation: str
@@ -153,9 +160,10 @@ class Task:
     codec: str
     round: int = 0
     ts: int = field(default_factory=now_ms)
+    model_file: bytes = b""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "model_spec": self.model_spec,
@@ -163,6 +171,9 @@ class Task:
             "hyper": self.hyper.to_wire(),
             "codec": self.codec,
         }
+        if self.model_file:
+            wire["model_file"] = self.model_file
+        return wire
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Task:
@@ -172,6 +183,7 @@ class Task:
             raise refuse("model_spec has too many fields")
         layout = _layout(get_field(m, "layout", list))
         codec = get_field(m, "codec", str)
+        model_file = _model_file(m, spec)
         return cls(
             federation,
             sender,
@@ -182,7 +194,20 @@ class Task:
             codec,
             round_number,
             ts,
+            model_file,
         )
+
+
+def _model_file(m: Mapping[str, Any], spec: Mapping[str, Any]) -> bytes:
+    """The optional shipped model file: bounded, and hashing to the spec's ``sha256``."""
+    if "model_file" not in m:
+        return b""
+    data = m["model_file"]
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_MODEL_FILE:
+        raise refuse(f"model_file must be 1..{MAX_MODEL_FILE} bytes (bin)")
+    if hashlib.sha256(data).hexdigest() != spec.get("sha256"):
+        raise refuse("model_file does not match model_spec.sha256", Reason.MODEL)
+    return data
 
 
 def _layout(raw: list) -> list[TensorSpec]:

@@ -113,7 +113,9 @@ def im2col(x: np.ndarray, kernel: int, stride: int) -> np.ndarray:
         for dj in range(kernel):
             block = (di * kernel + dj) * c
             out[..., block : block + c] = x[
-                :, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride
+                :,
+                di : di + stride * (ho - 1) + 1 : stride,
+                dj : dj + stride * (wo - 1) + 1 : stride,
             ]
     return out
 
@@ -127,7 +129,9 @@ def col2im(dcols: np.ndarray, shape: tuple[int, ...], kernel: int, stride: int) 
         for dj in range(kernel):
             block = (di * kernel + dj) * c
             dx[
-                :, di : di + stride * (ho - 1) + 1 : stride, dj : dj + stride * (wo - 1) + 1 : stride
+                :,
+                di : di + stride * (ho - 1) + 1 : stride,
+                dj : dj + stride * (wo - 1) + 1 : stride,
             ] += dcols[..., block : block + c]
     return dx
 
@@ -314,4 +318,8 @@ def parse_layers(raw: object) -> list[Layer]:
     return out
 
 
-CONV8 = ((8, 8, 1), (Layer("conv", 16, 3, 1), Layer("dense", 10)))
+# The numpy twins of the shipped TFLite conv nets (fedge/models/zoo/specs.json), for 10 classes.
+NUMPY_CONVS: dict[str, tuple[tuple[int, int, int], tuple[Layer, ...]]] = {
+    "conv8": ((8, 8, 1), (Layer("conv", 16, 3, 1), Layer("dense", 10))),
+    "conv28": ((28, 28, 1), (Layer("conv", 8, 3, 2), Layer("conv", 16, 3, 2), Layer("dense", 10))),
+}
