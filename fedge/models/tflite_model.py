@@ -1,6 +1,9 @@
 """The TFLite backend: a ``.tflite`` file with train / infer / get_weights / set_weights.
 
-The file is the architecture; this class only drives its four signatures. The runtime is
+The file is the architecture; this class only drives its four signatures. tflite-runtime 2.14
+does not verify a flatbuffer before using it (a truncated file can crash the process), so
+files are pinned by SHA-256 (the task's spec) before they get here, and the identifier is
+checked here; ai-edge-litert verifies the whole buffer. The runtime is
 imported lazily (numpy-only agents never load one): ``tflite_runtime`` when importable (the
 last release, 2.14, for 32-bit boards and numpy < 2), else ``ai_edge_litert`` (its successor).
 ``FEDGE_TFLITE_RUNTIME=tflite-runtime|ai-edge-litert`` forces one.
@@ -80,6 +83,8 @@ class TFLiteModel:
     def __init__(self, content: bytes, *, name: str, seed: int = 0) -> None:
         if not isinstance(content, (bytes, bytearray)) or not 0 < len(content) <= MAX_FILE_BYTES:
             raise ModelError(f"{name}: model file must be 1..{MAX_FILE_BYTES} bytes")
+        if bytes(content[4:8]) != b"TFL3":
+            raise ModelError(f"{name}: not a TFLite flatbuffer (no TFL3 identifier)")
         self.name = name
         self.content = bytes(content)  # the aggregator may ship it in the task
         self.sha256 = sha256_hex(self.content)
