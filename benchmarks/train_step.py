@@ -65,8 +65,8 @@ def main(argv: list[str] | None = None) -> int:
         rng = np.random.default_rng(0)
         x = rng.normal(size=(args.batch_size, lite.n_features)).astype(np.float32)
         y = rng.integers(0, 10, args.batch_size)
-        t_np = median_ms(lambda: step_numpy(ref, x, y), args.steps)
-        t_lite = median_ms(lambda: lite.train_step(x, y, 0.05), args.steps)
+        t_np = median_ms(lambda r=ref, a=x, b=y: step_numpy(r, a, b), args.steps)
+        t_lite = median_ms(lambda m=lite, a=x, b=y: m.train_step(a, b, 0.05), args.steps)
         rows.append(
             {
                 "model": name,

@@ -94,7 +94,9 @@ def test_fifty_sgd_steps_match_the_numpy_twin_to_1e_4(name: str) -> None:
     lite = build_model(f"tflite:{name}", zoo.entry(name)["n_features"], 10, seed=3)
     ref = twin(name, seed=3)
     start = lite.get_weights()
-    ref.set_weights(dict(zip([n for n, _ in spec_of(ref.get_weights())], start.values())))
+    ref.set_weights(
+        dict(zip([n for n, _ in spec_of(ref.get_weights())], start.values(), strict=True))
+    )
     x, y = digits_like(200, lite.n_features)
     rng = np.random.default_rng(0)
     losses = []
