@@ -78,9 +78,8 @@ def main(argv: list[str] | None = None) -> int:
                 "runtime": lite.runtime,
             }
         )
-    print(
-        f"{'model':<8} {'params':>7} {'batch':>5} {'numpy ms':>9} {'tflite ms':>9} {'tflite/numpy':>12}  runtime"
-    )
+    head = ("model", "params", "batch", "numpy ms", "tflite ms", "tflite/numpy")
+    print("{:<8} {:>7} {:>5} {:>9} {:>9} {:>12}  runtime".format(*head))
     for r in rows:
         print(
             f"{r['model']:<8} {r['params']:>7} {r['batch']:>5} {r['numpy_ms']:>9.3f} "
