@@ -23,7 +23,7 @@ import numpy as np
 
 from fedge import params as P
 from fedge.codecs import Pipeline
-from fedge.errors import FedgeError, WireError
+from fedge.errors import FedgeError, ModelError, WireError
 from fedge.models import Model, model_from_spec
 from fedge.protocol import is_sampled
 from fedge.statefile import read_msgpack, write_msgpack
@@ -98,7 +98,18 @@ class AgentCore:
             if task.federation != self.federation:
                 raise WireError(f"task for federation {task.federation!r}", reason="federation")
             pipeline = Pipeline(task.codec)
-            model = model_from_spec(task.model_spec, seed=self.seed)
+            try:
+                model = model_from_spec(
+                    task.model_spec, seed=self.seed, model_file=task.model_file or None
+                )
+            except ModelError as exc:
+                if exc.reason not in ("model_file", "runtime"):
+                    raise
+                # a well-formed task this device cannot serve: say so on status, do not train
+                self.problem = str(exc)
+                log.error("%s: cannot train task: %s", self.client_id, self.problem)
+                self.task, self.model = task, None
+                return
             if P.spec_of(model.get_weights()) != task.layout:
                 raise WireError("model spec and layout disagree", reason="shape")
             n_features = int(task.model_spec.get("n_features", -1))

@@ -86,7 +86,9 @@ class AgentRuntime:
             {
                 "num_examples": agent.num_examples,
                 "n_features": int(agent.x.shape[1]),
-                "backend": "numpy",
+                "backend": agent.task.model_spec.get("framework", "numpy")
+                if agent.task
+                else "numpy",
             },
         )
         session = self.sessions.get(agent.client_id)

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--federation")
     p.add_argument("--client-id")
     p.add_argument("--state-dir", help="checkpoints; a restart resumes from here")
-    p.add_argument("--model", help="logreg | mlp | mlp:H | mlp:H1,H2")
+    p.add_argument("--model", help="logreg | mlp | mlp:H | mlp:H1,H2 | conv8 | tflite:NAME")
     p.add_argument("--dataset", help="digits | breast_cancer: model size and evaluation split")
     p.add_argument("--test-data", help=".npz (x, y) to evaluate the global model on")
     p.add_argument("--n-features", type=int)
@@ -67,6 +67,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--max-update-norm", type=float)
     p.add_argument("--history", help="JSON Lines file, one object per round")
+    p.add_argument(
+        "--ship-model",
+        action="store_true",
+        default=None,
+        help="send the .tflite file in the task, so devices need not have it",
+    )
     p.add_argument("--log-level", default="INFO")
     return p
 

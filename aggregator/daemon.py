@@ -97,6 +97,7 @@ class Aggregator:
         self.spec = self.model.describe()
         self.layout = spec_of(self.model.get_weights())
         self.model_ref: ModelRef = model_ref(config.model, self.spec, self.layout)
+        self._model_file()  # a ship_model without a model file is a config error, now
         self.rejections: Counter[str] = Counter()
         self.online: set[str] = set()
         self.round: RoundState | None = None
@@ -192,9 +193,17 @@ class Aggregator:
             Hyper(self.config.epochs, self.config.batch_size, self.config.lr),
             self.rules.codec,
             self.config.use_error_feedback,
+            model_file=self._model_file(),
         )
         assert self._session is not None
         self._session.publish(self.topics.task, encode(task), qos=1, retain=True)
+
+    def _model_file(self) -> bytes:
+        """The .tflite bytes for the task when ``ship_model`` is on (else nothing)."""
+        content = getattr(self.model, "content", b"")
+        if self.config.ship_model and not content:
+            raise ConfigError(f"ship_model: model {self.config.model} has no model file to ship")
+        return content if self.config.ship_model else b""
 
     def _publish_global(
         self,

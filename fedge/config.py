@@ -53,6 +53,7 @@ class AggregatorConfig:
     max_update_norm: float = 0.0
     max_update_bytes: int = 4 * 1024 * 1024
     history: str = ""
+    ship_model: bool = False  # put the model file (.tflite) into the retained task
 
     @property
     def mqtt_client_id(self) -> str:

@@ -140,12 +140,18 @@ class Hyper:
         )
 
 
+MAX_MODEL_FILE = 8 * 1024 * 1024  # a shipped .tflite file; the zoo's are well under 1 MiB
+
+
 @dataclass(frozen=True)
 class Task:
     """What the federation trains (retained on ``task``): model, layout, hyper-params, codec.
 
     ``codec`` is the canonical update pipeline (``fedge.codecs``); ``error_feedback`` asks
     agents to carry what compression dropped into their next update.
+
+    ``model_file`` (optional) carries the model file itself (a ``.tflite``) so a fleet can move
+    to a new model without touching devices; it must hash to ``model_spec["sha256"]``.
     """
 
     kind: ClassVar[Kind] = Kind.TASK
@@ -159,9 +165,10 @@ class Task:
     error_feedback: bool = False
     round: int = 0
     ts: int = field(default_factory=now_ms)
+    model_file: bytes = b""
 
     def to_wire(self) -> dict[str, Any]:
-        return {
+        wire = {
             **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "model_spec": self.model_spec,
@@ -170,6 +177,9 @@ class Task:
             "codec": self.codec,
             "error_feedback": self.error_feedback,
         }
+        if self.model_file:
+            wire["model_file"] = self.model_file
+        return wire
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Task:
@@ -183,6 +193,7 @@ class Task:
             codec = Pipeline(codec).name
         except ValueError as exc:
             raise refuse(f"task codec: {exc}") from None
+        model_file = _model_file(m, spec)
         return cls(
             federation,
             sender,
@@ -194,7 +205,20 @@ class Task:
             get_field(m, "error_feedback", bool),
             round_number,
             ts,
+            model_file,
         )
+
+
+def _model_file(m: Mapping[str, Any], spec: Mapping[str, Any]) -> bytes:
+    """The optional shipped model file: bounded, and hashing to the spec's ``sha256``."""
+    if "model_file" not in m:
+        return b""
+    data = m["model_file"]
+    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_MODEL_FILE:
+        raise refuse(f"model_file must be 1..{MAX_MODEL_FILE} bytes (bin)")
+    if hashlib.sha256(data).hexdigest() != spec.get("sha256"):
+        raise refuse("model_file does not match model_spec.sha256", Reason.MODEL)
+    return data
 
 
 def _layout(raw: list) -> list[TensorSpec]:

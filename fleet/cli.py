@@ -55,7 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=20)
     p.add_argument("--dataset", default="digits", choices=["digits", "breast_cancer"])
     p.add_argument("--partition", default="dirichlet:0.5", help="iid | dirichlet:ALPHA")
-    p.add_argument("--model", default="mlp", help="logreg | mlp | mlp:H | mlp:H1,H2")
+    p.add_argument(
+        "--model", default="mlp", help="logreg | mlp | mlp:H | mlp:H1,H2 | conv8 | tflite:NAME"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument(
         "--codec",
