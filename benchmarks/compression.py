@@ -147,7 +147,8 @@ def print_tables(rows: list[dict], throughput: list[dict], base: SimulationConfi
             f"{r['codec']:24} {'on' if r['error_feedback'] else '-':3} "
             f"{r['bytes_per_update']:9.0f} {r['ratio_vs_float32']:5.1f}x "
             f"{r['final_accuracy']:7.4f} {r['best_accuracy']:7.4f} "
-            f"{100 * r['accuracy_delta_vs_float32']:+6.2f} {r['encode_ms']:7.3f} {r['decode_ms']:7.3f}"
+            f"{100 * r['accuracy_delta_vs_float32']:+6.2f} "
+            f"{r['encode_ms']:7.3f} {r['decode_ms']:7.3f}"
         )
     print(f"\nthroughput on a synthetic update of {throughput[0]['parameters']:,} parameters")
     header = f"{'codec':24} {'enc ms':>8} {'dec ms':>8} {'enc MB/s':>9} {'dec MB/s':>9}"

@@ -1,0 +1,32 @@
+"""The benchmarks run and write what their docs promise (a smoke test; numbers live in docs/)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_compression_benchmark_quick_run_writes_one_row_per_codec(tmp_path: Path) -> None:
+    out = tmp_path / "c.json"
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "compression.py"), "--quick", "--json", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "bytes/upd" in done.stdout and "MB/s" in done.stdout
+    rows = json.loads(out.read_text())
+    federated = [r for r in rows if r["kind"] == "federated"]
+    required = {"codec", "bytes_per_update", "ratio_vs_float32", "final_accuracy"}
+    assert all(required | {"accuracy_delta_vs_float32"} <= set(r) for r in federated)
+    by_codec = {(r["codec"], r["error_feedback"]): r for r in federated}
+    assert by_codec[("float32", False)]["ratio_vs_float32"] == 1.0
+    assert by_codec[("int8", False)]["ratio_vs_float32"] > 3.8
+    assert by_codec[("topk:0.05+int8", True)]["ratio_vs_float32"] > 25
+    assert all(r["rejected"] == 0 for r in federated)
+    assert any(r["kind"] == "throughput" and r["encode_mb_s"] > 0 for r in rows)
