@@ -13,7 +13,13 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_compression_benchmark_quick_run_writes_one_row_per_codec(tmp_path: Path) -> None:
     out = tmp_path / "c.json"
     done = subprocess.run(
-        [sys.executable, str(ROOT / "benchmarks" / "compression.py"), "--quick", "--json", str(out)],
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "compression.py"),
+            "--quick",
+            "--json",
+            str(out),
+        ],
         capture_output=True,
         text=True,
         timeout=300,

@@ -9,7 +9,7 @@ raise only fedge errors.
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
@@ -149,3 +149,25 @@ def check_labels(y: object, n_examples: int, n_classes: int) -> np.ndarray:
     if low < 0 or high >= n_classes:
         raise DataError(f"labels must be in 0..{n_classes - 1}, got range {low}..{high}")
     return array.astype(np.int64, copy=False)
+
+
+def minibatch_epochs(
+    step: Callable[[np.ndarray], float], n: int, *, epochs: int, batch_size: int, seed: int
+) -> tuple[float, int]:
+    """Run ``step(batch_indices) -> batch mean loss`` over shuffled mini-batches.
+
+    Every backend shares this batch order (``default_rng(seed).permutation(n)`` each epoch),
+    so numpy and TFLite models trained from the same weights on the same data agree.
+    Returns (mean loss over the last epoch's batches, number of steps).
+    """
+    rng = np.random.default_rng(int(seed))
+    steps, epoch_loss = 0, 0.0
+    for _ in range(int(epochs)):
+        order = rng.permutation(n)
+        total = 0.0
+        for start in range(0, n, int(batch_size)):
+            batch = order[start : start + int(batch_size)]
+            total += step(batch) * batch.size
+            steps += 1
+        epoch_loss = total / n
+    return epoch_loss, steps

@@ -20,7 +20,14 @@ from typing import Any
 import numpy as np
 
 from fedge.errors import ModelError
-from fedge.models.base import MAX_PARAMETERS, check_features, check_labels, check_weights, is_int
+from fedge.models.base import (
+    MAX_PARAMETERS,
+    check_features,
+    check_labels,
+    check_weights,
+    is_int,
+    minibatch_epochs,
+)
 from fedge.models.numpy_models import (
     _check_hyper,
     dense_backward,
@@ -256,16 +263,13 @@ class ConvNet:
         _check_hyper(epochs, batch_size, lr, seed)
         xs = check_features(x, self.n_features)
         ys = check_labels(y, xs.shape[0], self.n_classes)
-        rng = np.random.default_rng(int(seed))
-        n, steps, epoch_loss = xs.shape[0], 0, 0.0
-        for _ in range(int(epochs)):
-            order = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, int(batch_size)):
-                batch = order[start : start + int(batch_size)]
-                total += self.sgd_step(xs[batch], ys[batch], lr) * batch.size
-                steps += 1
-            epoch_loss = total / n
+        epoch_loss, steps = minibatch_epochs(
+            lambda batch: self.sgd_step(xs[batch], ys[batch], lr),
+            xs.shape[0],
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+        )
         return {"loss": epoch_loss, "accuracy": self.evaluate(xs, ys)["accuracy"], "steps": steps}
 
     def describe(self) -> dict[str, Any]:

@@ -22,6 +22,7 @@ from fedge.models.base import (
     check_labels,
     check_weights,
     is_int,
+    minibatch_epochs,
 )
 from fedge.params import Params
 
@@ -198,20 +199,17 @@ class _DenseStack:
         _check_hyper(epochs, batch_size, lr, seed)
         xs = check_features(x, self.n_features)
         ys = check_labels(y, xs.shape[0], self.n_classes)
-        rng = np.random.default_rng(int(seed))
         step_size = np.float32(lr)
-        n, steps, epoch_loss = xs.shape[0], 0, 0.0
-        for _ in range(int(epochs)):
-            order = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, int(batch_size)):
-                batch = order[start : start + int(batch_size)]
-                loss, grads = self._data_loss_and_gradients(self._params, xs[batch], ys[batch])
-                for name, grad in grads.items():
-                    self._params[name] -= step_size * grad
-                total += loss * batch.size
-                steps += 1
-            epoch_loss = total / n
+
+        def step(batch: np.ndarray) -> float:
+            loss, grads = self._data_loss_and_gradients(self._params, xs[batch], ys[batch])
+            for name, grad in grads.items():
+                self._params[name] -= step_size * grad
+            return loss
+
+        epoch_loss, steps = minibatch_epochs(
+            step, xs.shape[0], epochs=epochs, batch_size=batch_size, seed=seed
+        )
         return {"loss": epoch_loss, "accuracy": self._evaluate(xs, ys)["accuracy"], "steps": steps}
 
     def describe(self) -> dict[str, Any]:

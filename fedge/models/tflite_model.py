@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from fedge.errors import ModelError
-from fedge.models.base import check_features, check_labels, check_weights
+from fedge.models.base import check_features, check_labels, check_weights, minibatch_epochs
 from fedge.models.numpy_conv import init_weights
 from fedge.models.numpy_models import _check_hyper, softmax_cross_entropy
 from fedge.params import Params, TensorSpec
@@ -150,16 +150,13 @@ class TFLiteModel:
         _check_hyper(epochs, batch_size, lr, seed)
         xs = check_features(x, self.n_features)
         ys = check_labels(y, xs.shape[0], self.n_classes)
-        rng = np.random.default_rng(int(seed))
-        n, steps, epoch_loss = xs.shape[0], 0, 0.0
-        for _ in range(int(epochs)):
-            order = rng.permutation(n)
-            total = 0.0
-            for start in range(0, n, int(batch_size)):
-                batch = order[start : start + int(batch_size)]
-                total += self.train_step(xs[batch], ys[batch], lr) * batch.size
-                steps += 1
-            epoch_loss = total / n
+        epoch_loss, steps = minibatch_epochs(
+            lambda batch: self.train_step(xs[batch], ys[batch], lr),
+            xs.shape[0],
+            epochs=epochs,
+            batch_size=batch_size,
+            seed=seed,
+        )
         if not np.isfinite(epoch_loss):
             raise ModelError(f"{self.name}: training diverged (loss {epoch_loss})")
         return {"loss": epoch_loss, "accuracy": self.evaluate(xs, ys)["accuracy"], "steps": steps}
