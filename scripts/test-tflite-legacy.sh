@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
 # Run the TFLite tests on tflite-runtime 2.14 (its last release: CPython <= 3.11, numpy < 2),
-# in a venv outside the checkout (default /work/venvs/legacy; override with LEGACY_VENV).
+# in a venv of its own (default .venv-legacy in the checkout; override with LEGACY_VENV).
 #   bash scripts/test-tflite-legacy.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
-venv="${LEGACY_VENV:-/work/venvs/legacy}"
+venv="${LEGACY_VENV:-$(pwd)/.venv-legacy}"
 python="${PYTHON:-python3}"
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
