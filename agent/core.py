@@ -83,10 +83,10 @@ class AgentCore:
         saved = saved if isinstance(saved, dict) else {}
         self.last_trained = int(saved.get("last_trained", 0))
         self.last_opened = int(saved.get("last_opened", 0))
-        self.residual_model = bytes(saved.get("residual_model", b""))
-        raw = saved.get("residual", b"")
-        self.residual = np.frombuffer(raw if isinstance(raw, bytes) else b"", dtype="<f4").copy()
-        self.pipeline: Pipeline | None = None
+        key, raw = saved.get("residual_model", b""), saved.get("residual", b"")
+        usable = isinstance(key, bytes) and isinstance(raw, bytes) and len(raw) % 4 == 0
+        self.residual_model = key if usable else b""
+        self.residual = np.frombuffer(raw if usable else b"", dtype="<f4").copy()
 
     @property
     def num_examples(self) -> int:
@@ -97,7 +97,6 @@ class AgentCore:
             task = Task.from_wire(unpack(payload, self.limits), self.limits)
             if task.federation != self.federation:
                 raise WireError(f"task for federation {task.federation!r}", reason="federation")
-            pipeline = Pipeline(task.codec)
             try:
                 model = model_from_spec(
                     task.model_spec, seed=self.seed, model_file=task.model_file or None
@@ -127,7 +126,6 @@ class AgentCore:
             self._reject("task", exc)
             return
         self.task, self.model, self.problem = task, model, ""
-        self.pipeline = pipeline
         log.info("%s: task %s (%s)", self.client_id, task.model.id, task.model.hash.hex()[:12])
 
     def on_global(self, payload: bytes) -> TrainJob | None:
@@ -188,7 +186,7 @@ class AgentCore:
         memory = self._residual_for(task, delta.size)
         if memory is not None:
             delta = delta + memory
-        pipeline = self.pipeline or Pipeline(task.codec)
+        pipeline = Pipeline(task.codec)
         lengths = [int(np.prod(shape, dtype=np.int64)) for _, shape in task.layout]
         encoded = pipeline.encode(delta, lengths, np.random.default_rng(round_seed + 1))
         residual = delta - encoded.decoded if task.error_feedback else np.zeros(0, np.float32)
