@@ -8,7 +8,6 @@ Checks that need state (round, model hash, duplicates) belong to the receiver.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
@@ -18,7 +17,7 @@ import numpy as np
 
 from fedge.codecs import DOWNLINK_CODECS, Pipeline, WireDelta, decode_params, encode_params
 from fedge.params import Params, TensorSpec, content_hash
-from fedge.protocol import VERSION, Kind
+from fedge.protocol import Kind
 from fedge.wire_fields import (
     DEFAULT_LIMITS,
     Limits,
@@ -28,15 +27,24 @@ from fedge.wire_fields import (
     hash_field,
     int_field,
     metrics_field,
-    name_field,
     now_ms,
     pack,
     refuse,
     unpack,
 )
+from fedge.wire_header import (
+    MAX_MODEL_FILE,
+    ModelRef,
+    envelope,
+    layout_field,
+    model_file_field,
+    model_ref,
+    read_header,
+)
 
 __all__ = [
     "DEFAULT_LIMITS",
+    "MAX_MODEL_FILE",
     "Global",
     "Hyper",
     "Limits",
@@ -52,67 +60,6 @@ __all__ = [
     "pack",
     "unpack",
 ]
-
-
-# -- the header every message carries -----------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """Which model a message concerns: a readable id and the SHA-256 of its spec and layout."""
-
-    id: str
-    hash: bytes
-
-    def to_wire(self) -> dict[str, Any]:
-        return {"id": self.id, "hash": self.hash}
-
-    @classmethod
-    def from_wire(cls, m: Any) -> ModelRef:
-        if not isinstance(m, dict):
-            raise refuse("field 'model' must be a map")
-        model_id = get_field(m, "id", str)
-        if not 0 < len(model_id) <= 128:
-            raise refuse("model id must be 1-128 characters")
-        return cls(model_id, hash_field(m, "hash"))
-
-
-def model_ref(model_id: str, spec: Mapping[str, Any], layout: list[TensorSpec]) -> ModelRef:
-    """The content hash that names a model: SHA-256 of msgpack([spec, layout])."""
-    canonical = pack(
-        {
-            "spec": dict(sorted(spec.items())),
-            "layout": [[name, list(shape)] for name, shape in layout],
-        }
-    )
-    return ModelRef(model_id, hashlib.sha256(canonical).digest())
-
-
-def _header(kind: Kind, m: Mapping[str, Any]) -> tuple[str, int, str, int]:
-    version = m.get("v")
-    if version != VERSION:
-        raise refuse(
-            f"protocol version {version!r}, this receiver speaks {VERSION}", Reason.VERSION
-        )
-    if m.get("kind") != kind.value:
-        raise refuse(f"expected kind {kind.value!r}, got {m.get('kind')!r}", Reason.KIND)
-    return (
-        name_field(m, "federation"),
-        int_field(m, "round"),
-        name_field(m, "sender"),
-        int_field(m, "ts"),
-    )
-
-
-def _envelope(kind: Kind, federation: str, round_number: int, sender: str, ts: int) -> dict:
-    return {
-        "v": VERSION,
-        "kind": kind.value,
-        "federation": federation,
-        "round": round_number,
-        "sender": sender,
-        "ts": ts,
-    }
 
 
 # -- messages --------------------------------------------------------------------------------
@@ -138,9 +85,6 @@ class Hyper:
             int_field(m, "batch_size", 1, 1 << 20),
             float_field(m, "lr", 0.0, 100.0),
         )
-
-
-MAX_MODEL_FILE = 8 * 1024 * 1024  # a shipped .tflite file; the zoo's are well under 1 MiB
 
 
 @dataclass(frozen=True)
@@ -169,7 +113,7 @@ class Task:
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
-            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            **envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "model_spec": self.model_spec,
             "layout": [[n, list(s)] for n, s in self.layout],
@@ -183,17 +127,17 @@ class Task:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Task:
-        federation, round_number, sender, ts = _header(cls.kind, m)
+        federation, round_number, sender, ts = read_header(cls.kind, m)
         spec = get_field(m, "model_spec", dict)
         if len(spec) > 32:
             raise refuse("model_spec has too many fields")
-        layout = _layout(get_field(m, "layout", list))
+        layout = layout_field(get_field(m, "layout", list))
         codec = get_field(m, "codec", str)
         try:
             codec = Pipeline(codec).name
         except ValueError as exc:
             raise refuse(f"task codec: {exc}") from None
-        model_file = _model_file(m, spec)
+        model_file = model_file_field(m, spec)
         return cls(
             federation,
             sender,
@@ -207,42 +151,6 @@ class Task:
             ts,
             model_file,
         )
-
-
-def _model_file(m: Mapping[str, Any], spec: Mapping[str, Any]) -> bytes:
-    """The optional shipped model file: bounded, and hashing to the spec's ``sha256``."""
-    if "model_file" not in m:
-        return b""
-    data = m["model_file"]
-    if not isinstance(data, bytes) or not 0 < len(data) <= MAX_MODEL_FILE:
-        raise refuse(f"model_file must be 1..{MAX_MODEL_FILE} bytes (bin)")
-    if hashlib.sha256(data).hexdigest() != spec.get("sha256"):
-        raise refuse("model_file does not match model_spec.sha256", Reason.MODEL)
-    return data
-
-
-def _layout(raw: list) -> list[TensorSpec]:
-    if not 0 < len(raw) <= 256:
-        raise refuse("layout must list 1-256 tensors")
-    out: list[TensorSpec] = []
-    for item in raw:
-        if (
-            not isinstance(item, list)
-            or len(item) != 2
-            or not isinstance(item[0], str)
-            or not isinstance(item[1], list)
-            or len(item[1]) > 8
-            or not all(
-                isinstance(d, int) and not isinstance(d, bool) and 0 < d <= 1 << 28 for d in item[1]
-            )
-        ):
-            raise refuse(f"bad layout entry {item!r:.80}")
-        out.append((item[0], tuple(item[1])))
-    if len({name for name, _ in out}) != len(out):
-        raise refuse("layout repeats a tensor name")
-    if sum(int(np.prod(s, dtype=np.int64)) for _, s in out) > 1 << 28:
-        raise refuse("layout too large")
-    return out
 
 
 @dataclass(frozen=True)
@@ -292,7 +200,7 @@ class Global:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            **envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "weights_hash": self.weights_hash,
             "weights": self._encoded[0],
@@ -309,13 +217,14 @@ class Global:
         cls, m: Mapping[str, Any], layout: list[TensorSpec], limits: Limits = DEFAULT_LIMITS
     ) -> Global:
         """Decode against the task's layout; the weights must hash to ``weights_hash``."""
-        federation, round_number, sender, ts = _header(cls.kind, m)
+        federation, round_number, sender, ts = read_header(cls.kind, m)
         encoded = get_field(m, "weights", dict)
         weights = decode_params(encoded, layout, DOWNLINK_CODECS)
-        if content_hash(weights) != hash_field(m, "weights_hash"):
+        weights_hash = hash_field(m, "weights_hash")
+        if content_hash(weights) != weights_hash:
             raise refuse("weights do not match weights_hash")
         final = get_field(m, "final", bool)
-        return cls(
+        message = cls(
             federation,
             round_number,
             sender,
@@ -330,6 +239,8 @@ class Global:
             weights_codec=encoded["codec"],
             ts=ts,
         )
+        message.__dict__["weights_hash"] = weights_hash  # verified above; spare a re-encode
+        return message
 
 
 def downlink_encode(weights: Mapping[str, np.ndarray], codec: str) -> tuple[WireDelta, Params]:
@@ -354,7 +265,7 @@ class Update:
 
     def to_wire(self) -> dict[str, Any]:
         wire = {
-            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            **envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "model": self.model.to_wire(),
             "base": self.base,
             "num_examples": self.num_examples,
@@ -366,7 +277,7 @@ class Update:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Update:
-        federation, round_number, sender, ts = _header(cls.kind, m)
+        federation, round_number, sender, ts = read_header(cls.kind, m)
         delta = get_field(m, "delta", dict)
         return cls(
             federation,
@@ -403,7 +314,7 @@ class Status:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            **envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "state": self.state,
             "detail": self.detail,
             "caps": self.caps,
@@ -411,7 +322,7 @@ class Status:
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Status:
-        federation, round_number, sender, ts = _header(cls.kind, m)
+        federation, round_number, sender, ts = read_header(cls.kind, m)
         state = get_field(m, "state", str)
         if state not in STATES:
             raise refuse(f"state {state!r} not one of {STATES}")
@@ -435,13 +346,13 @@ class Metrics:
 
     def to_wire(self) -> dict[str, Any]:
         return {
-            **_envelope(self.kind, self.federation, self.round, self.sender, self.ts),
+            **envelope(self.kind, self.federation, self.round, self.sender, self.ts),
             "metrics": self.values,
         }
 
     @classmethod
     def from_wire(cls, m: Mapping[str, Any], limits: Limits = DEFAULT_LIMITS) -> Metrics:
-        federation, round_number, sender, ts = _header(cls.kind, m)
+        federation, round_number, sender, ts = read_header(cls.kind, m)
         return cls(federation, round_number, sender, metrics_field(m, "metrics", limits), ts)
 
 

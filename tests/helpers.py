@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 
@@ -68,3 +70,10 @@ def wait_for(predicate: Callable[[], bool], timeout: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout} s waiting for {what}")
         time.sleep(0.02)
+
+
+def run_fleet(*args: str, timeout: float) -> subprocess.CompletedProcess[str]:
+    """``fedge-fleet ARGS`` as a user runs it, in a child process, output captured."""
+    return subprocess.run(
+        [sys.executable, "-m", "fleet.cli", *args], capture_output=True, text=True, timeout=timeout
+    )

@@ -12,6 +12,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.helpers import run_fleet
+
 pytestmark = pytest.mark.integration
 
 
@@ -35,28 +37,24 @@ def processes_mentioning(text: str) -> list[int]:
 
 def test_fleet_trains_prints_a_line_per_round_and_writes_history(tmp_path: Path) -> None:
     hist = tmp_path / "h.jsonl"
-    done = subprocess.run(
-        fleet_cmd(
-            "--clients",
-            "6",
-            "--rounds",
-            "3",
-            "--dataset",
-            "breast_cancer",
-            "--model",
-            "logreg",
-            "--partition",
-            "dirichlet:1.0",
-            "--seed",
-            "1",
-            "--history",
-            str(hist),
-            "--centralised-baseline",
-            "--workdir",
-            str(tmp_path / "w"),
-        ),
-        capture_output=True,
-        text=True,
+    done = run_fleet(
+        "--clients",
+        "6",
+        "--rounds",
+        "3",
+        "--dataset",
+        "breast_cancer",
+        "--model",
+        "logreg",
+        "--partition",
+        "dirichlet:1.0",
+        "--seed",
+        "1",
+        "--history",
+        str(hist),
+        "--centralised-baseline",
+        "--workdir",
+        str(tmp_path / "w"),
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -96,30 +94,26 @@ def test_fleet_stops_everything_it_started_on_ctrl_c(tmp_path: Path) -> None:
 
 
 def test_fleet_exits_nonzero_on_bad_arguments(tmp_path: Path) -> None:
-    done = subprocess.run(fleet_cmd("--clients", "0"), capture_output=True, text=True, timeout=30)
+    done = run_fleet("--clients", "0", timeout=30)
     assert done.returncode == 2
 
 
 def test_the_readme_fleet_run_reaches_093_with_int8_at_most_26_percent(tmp_path: Path) -> None:
     """The issue's acceptance run, exactly as the README gives it."""
     hist = tmp_path / "h.jsonl"
-    done = subprocess.run(
-        fleet_cmd(
-            "--clients",
-            "20",
-            "--rounds",
-            "20",
-            "--dataset",
-            "digits",
-            "--partition",
-            "dirichlet:0.5",
-            "--seed",
-            "0",
-            "--history",
-            str(hist),
-        ),
-        capture_output=True,
-        text=True,
+    done = run_fleet(
+        "--clients",
+        "20",
+        "--rounds",
+        "20",
+        "--dataset",
+        "digits",
+        "--partition",
+        "dirichlet:0.5",
+        "--seed",
+        "0",
+        "--history",
+        str(hist),
         timeout=300,
     )
     assert done.returncode == 0, done.stderr[-2000:]
@@ -133,25 +127,21 @@ def test_the_readme_fleet_run_reaches_093_with_int8_at_most_26_percent(tmp_path:
 
 def test_fleet_exits_1_when_the_federation_cannot_finish(tmp_path: Path) -> None:
     """Quorum can never be met: rounds are extended, never faked, and the run fails."""
-    done = subprocess.run(
-        fleet_cmd(
-            "--clients",
-            "2",
-            "--rounds",
-            "2",
-            "--model",
-            "logreg",
-            "--min-clients",
-            "3",
-            "--round-timeout",
-            "1",
-            "--timeout",
-            "6",
-            "--workdir",
-            str(tmp_path / "w"),
-        ),
-        capture_output=True,
-        text=True,
+    done = run_fleet(
+        "--clients",
+        "2",
+        "--rounds",
+        "2",
+        "--model",
+        "logreg",
+        "--min-clients",
+        "3",
+        "--round-timeout",
+        "1",
+        "--timeout",
+        "6",
+        "--workdir",
+        str(tmp_path / "w"),
         timeout=60,
     )
     assert done.returncode == 1, done.stderr[-2000:]
@@ -164,14 +154,10 @@ def test_a_compressed_fleet_with_error_feedback_learns_over_mqtt(tmp_path: Path)
     """top-k + int8 + zstd with error feedback and a float16 downlink, end to end on a broker:
     every update is accepted, the uplink is a small fraction of float32, the model learns."""
     hist = tmp_path / "h.jsonl"
-    done = subprocess.run(
-        fleet_cmd(
-            *("--clients", "8", "--rounds", "6", "--model", "mlp:32", "--partition", "iid"),
-            *("--codec", "topk:0.1+int8+zstd", "--downlink", "float16", "--seed", "2"),
-            *("--history", str(hist), "--workdir", str(tmp_path / "w")),
-        ),
-        capture_output=True,
-        text=True,
+    done = run_fleet(
+        *("--clients", "8", "--rounds", "6", "--model", "mlp:32", "--partition", "iid"),
+        *("--codec", "topk:0.1+int8+zstd", "--downlink", "float16", "--seed", "2"),
+        *("--history", str(hist), "--workdir", str(tmp_path / "w")),
         timeout=180,
     )
     assert done.returncode == 0, done.stderr[-2000:]

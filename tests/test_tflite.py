@@ -7,7 +7,6 @@ Needs a TFLite runtime (the ``tflite`` extra: ai-edge-litert; or tflite-runtime 
 from __future__ import annotations
 
 import hashlib
-import os
 import subprocess
 import sys
 
@@ -20,6 +19,7 @@ from fedge.models.numpy_conv import NUMPY_CONVS, ConvNet
 from fedge.models.tflite_model import TFLiteModel, interpreter_class
 from fedge.params import spec_of
 from fedge.wire import Hyper, Task, encode, model_ref, unpack
+from tests.helpers import run_fleet
 
 try:
     RUNTIME = interpreter_class()[1]
@@ -219,28 +219,10 @@ def test_an_agent_without_the_tasks_file_reports_an_error_and_does_not_train() -
 @pytest.mark.integration
 @needs_runtime
 def test_fleet_of_tflite_conv8_agents_reaches_093_on_digits() -> None:
-    done = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "fleet.cli",
-            "--model",
-            "tflite:conv8",
-            "--clients",
-            "20",
-            "--rounds",
-            "20",
-            "--dataset",
-            "digits",
-            "--partition",
-            "dirichlet:0.5",
-            "--seed",
-            "0",
-        ],
-        capture_output=True,
-        text=True,
+    done = run_fleet(
+        *("--model", "tflite:conv8", "--clients", "20", "--rounds", "20"),
+        *("--dataset", "digits", "--partition", "dirichlet:0.5", "--seed", "0"),
         timeout=240,
-        env={**os.environ},
     )
     assert done.returncode == 0, done.stderr[-2000:]
     final = float(done.stdout.split("final accuracy ")[1].split()[0])

@@ -9,12 +9,13 @@ raise only fedge errors.
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
-from fedge.errors import DataError, ModelError
+from fedge.errors import ConfigError, DataError, ModelError
 from fedge.params import Params
 
 # Bounds on architectures; a spec from the network that exceeds them is refused before any
@@ -151,23 +152,67 @@ def check_labels(y: object, n_examples: int, n_classes: int) -> np.ndarray:
     return array.astype(np.int64, copy=False)
 
 
-def minibatch_epochs(
-    step: Callable[[np.ndarray], float], n: int, *, epochs: int, batch_size: int, seed: int
-) -> tuple[float, int]:
-    """Run ``step(batch_indices) -> batch mean loss`` over shuffled mini-batches.
+def is_real(value: object) -> TypeGuard[numbers.Real]:
+    """A real number (numpy floats too), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
-    Every backend shares this batch order (``default_rng(seed).permutation(n)`` each epoch),
-    so numpy and TFLite models trained from the same weights on the same data agree.
-    Returns (mean loss over the last epoch's batches, number of steps).
+
+def check_hyper(epochs: object, batch_size: object, lr: object, seed: object) -> None:
+    if not is_int(epochs) or epochs < 1:
+        raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
+    if not is_int(batch_size) or batch_size < 1:
+        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    if not is_real(lr) or not 0.0 < float(lr) < float("inf"):
+        raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
+    if not is_int(seed) or seed < 0:
+        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
+
+
+def weights_at(
+    params: Mapping[str, np.ndarray] | None,
+    own: Params,
+    layout: Sequence[tuple[str, tuple[int, ...]]],
+) -> tuple[Params, type]:
+    """(weights, dtype) to evaluate a loss at: the model's own float32 weights, or ``params``
+    checked against the layout in their own float width (float64 for a gradient check)."""
+    if params is None:
+        return own, np.float32
+    wide = any(getattr(a, "dtype", None) == np.float64 for a in params.values())
+    dtype: type = np.float64 if wide else np.float32
+    return check_weights(params, layout, dtype), dtype
+
+
+def train_sgd(
+    step: Callable[[np.ndarray, np.ndarray, float], float],
+    evaluate: Callable[[np.ndarray, np.ndarray], dict[str, float]],
+    x: np.ndarray,
+    y: np.ndarray,
+    shape: tuple[int, int],
+    *,
+    epochs: int,
+    batch_size: int,
+    lr: float,
+    seed: int,
+) -> dict[str, float]:
+    """Mini-batch SGD with ``step(x_batch, y_batch, lr) -> batch mean loss``.
+
+    Every backend trains through here, so they share one batch order
+    (``default_rng(seed).permutation(n)`` each epoch): numpy and TFLite models trained from the
+    same weights on the same data agree. ``shape`` is (n_features, n_classes). Returns
+    {"loss": mean loss over the last epoch's batches, "accuracy" on ``x`` after the last step,
+    "steps"}.
     """
+    check_hyper(epochs, batch_size, lr, seed)
+    xs = check_features(x, shape[0])
+    ys = check_labels(y, xs.shape[0], shape[1])
     rng = np.random.default_rng(int(seed))
-    steps, epoch_loss = 0, 0.0
+    n, steps, epoch_loss = xs.shape[0], 0, 0.0
     for _ in range(int(epochs)):
         order = rng.permutation(n)
         total = 0.0
         for start in range(0, n, int(batch_size)):
             batch = order[start : start + int(batch_size)]
-            total += step(batch) * batch.size
+            total += step(xs[batch], ys[batch], lr) * batch.size
             steps += 1
         epoch_loss = total / n
-    return epoch_loss, steps
+    return {"loss": epoch_loss, "accuracy": evaluate(xs, ys)["accuracy"], "steps": steps}

@@ -26,10 +26,10 @@ from fedge.models.base import (
     check_labels,
     check_weights,
     is_int,
-    minibatch_epochs,
+    train_sgd,
+    weights_at,
 )
 from fedge.models.numpy_models import (
-    _check_hyper,
     dense_backward,
     dense_forward,
     glorot_uniform,
@@ -222,12 +222,7 @@ class ConvNet:
         self, x: np.ndarray, y: np.ndarray, *, params: Mapping[str, np.ndarray] | None = None
     ) -> tuple[float, Params]:
         """Cross-entropy and its gradient (float64 when ``params`` are float64: gradient checks)."""
-        dtype: type = np.float32
-        at = self._params
-        if params is not None:
-            wide = any(getattr(a, "dtype", None) == np.float64 for a in params.values())
-            dtype = np.float64 if wide else np.float32
-            at = check_weights(params, self._layout, dtype)
+        at, dtype = weights_at(params, self._params, self._layout)
         xs = check_features(x, self.n_features, dtype)
         ys = check_labels(y, xs.shape[0], self.n_classes)
         return self._data_loss_and_gradients(at, xs, ys)
@@ -260,17 +255,11 @@ class ConvNet:
         self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
     ) -> dict[str, float]:
         """Mini-batch SGD with the numpy MLP's batch order: ``default_rng(seed).permutation``."""
-        _check_hyper(epochs, batch_size, lr, seed)
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        epoch_loss, steps = minibatch_epochs(
-            lambda batch: self.sgd_step(xs[batch], ys[batch], lr),
-            xs.shape[0],
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-        )
-        return {"loss": epoch_loss, "accuracy": self.evaluate(xs, ys)["accuracy"], "steps": steps}
+        shape = (self.n_features, self.n_classes)
+        return train_sgd(
+            self.sgd_step, self.evaluate, x, y, shape,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -9,20 +9,21 @@ inputs, so the tests can run the same code in float64 for a finite-difference gr
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Mapping, Sequence
-from typing import Any, TypeGuard
+from typing import Any
 
 import numpy as np
 
-from fedge.errors import ConfigError, ModelError
+from fedge.errors import ModelError
 from fedge.models.base import (
     check_architecture,
     check_features,
     check_labels,
     check_weights,
     is_int,
-    minibatch_epochs,
+    is_real,
+    train_sgd,
+    weights_at,
 )
 from fedge.params import Params
 
@@ -90,7 +91,7 @@ class _DenseStack:
         n_in, n_out, sizes = check_architecture(n_features, n_classes, hidden)
         if not is_int(seed) or seed < 0:
             raise ModelError(f"seed must be a non-negative integer, got {seed!r}")
-        if not _is_real(l2) or not 0.0 <= float(l2) < float("inf"):
+        if not is_real(l2) or not 0.0 <= float(l2) < float("inf"):
             raise ModelError(f"l2 must be a finite number >= 0, got {l2!r}")
         self.n_features, self.n_classes, self.hidden = n_in, n_out, sizes
         self.l2 = float(l2)
@@ -158,12 +159,7 @@ class _DenseStack:
         ``params`` evaluates at other weights of the same layout, in their own float dtype
         (float64 for a gradient check); by default the model's float32 weights are used.
         """
-        dtype: type = np.float32
-        at = self._params
-        if params is not None:
-            wide = any(getattr(a, "dtype", None) == np.float64 for a in params.values())
-            dtype = np.float64 if wide else np.float32
-            at = check_weights(params, self._layout, dtype)
+        at, dtype = weights_at(params, self._params, self._layout)
         xs = check_features(x, self.n_features, dtype)
         ys = check_labels(y, xs.shape[0], self.n_classes)
         loss, grads = self._data_loss_and_gradients(at, xs, ys)
@@ -196,21 +192,19 @@ class _DenseStack:
         "loss" is the mean cross-entropy over the last epoch's batches (as seen while training,
         without the L2 penalty); "accuracy" is measured on ``x`` after the last step.
         """
-        _check_hyper(epochs, batch_size, lr, seed)
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        step_size = np.float32(lr)
+        shape = (self.n_features, self.n_classes)
+        return train_sgd(
+            self.sgd_step, self._evaluate, x, y, shape,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        )  # fmt: skip
 
-        def step(batch: np.ndarray) -> float:
-            loss, grads = self._data_loss_and_gradients(self._params, xs[batch], ys[batch])
-            for name, grad in grads.items():
-                self._params[name] -= step_size * grad
-            return loss
-
-        epoch_loss, steps = minibatch_epochs(
-            step, xs.shape[0], epochs=epochs, batch_size=batch_size, seed=seed
-        )
-        return {"loss": epoch_loss, "accuracy": self._evaluate(xs, ys)["accuracy"], "steps": steps}
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """One plain SGD step on one batch; the batch's mean cross-entropy before the step."""
+        loss, grads = self._data_loss_and_gradients(self._params, x, y)
+        step = np.float32(lr)
+        for name, grad in grads.items():
+            self._params[name] -= step * grad
+        return loss
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -230,21 +224,6 @@ class _DenseStack:
             f"{type(self).__name__}(name={self.name!r}, n_features={self.n_features}, "
             f"n_classes={self.n_classes}, l2={self.l2})"
         )
-
-
-def _is_real(value: object) -> TypeGuard[numbers.Real]:
-    return isinstance(value, numbers.Real) and not isinstance(value, bool)
-
-
-def _check_hyper(epochs: object, batch_size: object, lr: object, seed: object) -> None:
-    if not is_int(epochs) or epochs < 1:
-        raise ConfigError(f"epochs must be an integer >= 1, got {epochs!r}")
-    if not is_int(batch_size) or batch_size < 1:
-        raise ConfigError(f"batch_size must be an integer >= 1, got {batch_size!r}")
-    if not _is_real(lr) or not 0.0 < float(lr) < float("inf"):
-        raise ConfigError(f"lr must be a finite number > 0, got {lr!r}")
-    if not is_int(seed) or seed < 0:
-        raise ConfigError(f"seed must be a non-negative integer, got {seed!r}")
 
 
 class LogisticRegression(_DenseStack):

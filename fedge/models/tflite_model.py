@@ -23,9 +23,9 @@ from typing import Any
 import numpy as np
 
 from fedge.errors import ModelError
-from fedge.models.base import check_features, check_labels, check_weights, minibatch_epochs
+from fedge.models.base import check_features, check_labels, check_weights, train_sgd
 from fedge.models.numpy_conv import init_weights
-from fedge.models.numpy_models import _check_hyper, softmax_cross_entropy
+from fedge.models.numpy_models import softmax_cross_entropy
 from fedge.params import Params, TensorSpec
 
 SIGNATURES = ("train", "infer", "get_weights", "set_weights")
@@ -147,19 +147,14 @@ class TFLiteModel:
         self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
     ) -> dict[str, float]:
         """Mini-batch SGD in the file's ``train`` signature, batches as the numpy backend's."""
-        _check_hyper(epochs, batch_size, lr, seed)
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        epoch_loss, steps = minibatch_epochs(
-            lambda batch: self.train_step(xs[batch], ys[batch], lr),
-            xs.shape[0],
-            epochs=epochs,
-            batch_size=batch_size,
-            seed=seed,
-        )
-        if not np.isfinite(epoch_loss):
-            raise ModelError(f"{self.name}: training diverged (loss {epoch_loss})")
-        return {"loss": epoch_loss, "accuracy": self.evaluate(xs, ys)["accuracy"], "steps": steps}
+        shape = (self.n_features, self.n_classes)
+        fit = train_sgd(
+            self.train_step, self.evaluate, x, y, shape,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+        )  # fmt: skip
+        if not np.isfinite(fit["loss"]):
+            raise ModelError(f"{self.name}: training diverged (loss {fit['loss']})")
+        return fit
 
     def describe(self) -> dict[str, Any]:
         """The file's name and content hash: the task's model hash pins the exact file."""
