@@ -182,6 +182,13 @@ def weights_at(
     return check_weights(params, layout, dtype), dtype
 
 
+def descend(params: Params, grads: Mapping[str, np.ndarray], lr: float) -> None:
+    """One plain SGD update in place: w -= lr * grad, in float32."""
+    step = np.float32(lr)
+    for name, grad in grads.items():
+        params[name] -= step * grad
+
+
 def train_sgd(
     step: Callable[[np.ndarray, np.ndarray, float], float],
     evaluate: Callable[[np.ndarray, np.ndarray], dict[str, float]],

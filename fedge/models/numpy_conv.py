@@ -25,6 +25,7 @@ from fedge.models.base import (
     check_features,
     check_labels,
     check_weights,
+    descend,
     is_int,
     train_sgd,
     weights_at,
@@ -230,9 +231,7 @@ class ConvNet:
     def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         """One plain SGD step on one batch; the batch's mean cross-entropy before the step."""
         loss, grads = self._data_loss_and_gradients(self._params, x, y)
-        step = np.float32(lr)
-        for name, grad in grads.items():
-            self._params[name] -= step * grad
+        descend(self._params, grads, lr)
         return loss
 
     def get_weights(self) -> Params:
