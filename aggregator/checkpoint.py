@@ -1,14 +1,21 @@
-"""The aggregator's checkpoint: the next round to run and its global weights, written atomically.
+"""The aggregator's state on disk, two files, each written atomically.
 
-Written after a round closes and before its successor's global is published, so a restart
-republishes exactly the model the fleet may already have seen, never an older one.
+``checkpoint.msgpack``: the next round to run and its global weights, written after a round
+closes and before its successor's global is published, so a restart republishes exactly the
+model the fleet may already have seen, never an older one. It also keeps the closed round's
+history record and the running rejection counts, so neither is lost to a crash.
+
+``round.msgpack``: the open round's partial sum, contributors and clock, written before its
+global is published and then after every batch of accepted updates, always before those
+updates are acknowledged to the broker. A snapshot for another round or global is ignored.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -19,6 +26,7 @@ from fedge.statefile import read_msgpack, write_msgpack
 log = logging.getLogger(__name__)
 
 FILENAME = "checkpoint.msgpack"
+ROUND_FILENAME = "round.msgpack"
 FORMAT = 1
 
 
@@ -28,6 +36,8 @@ class Checkpoint:
     weights: Params
     model_hash: bytes
     finished: bool = False
+    record: dict[str, Any] = field(default_factory=dict)  # history line of the closed round
+    rejected: dict[str, int] = field(default_factory=dict)  # all rejections so far, by reason
 
 
 def save(state_dir: str | Path, checkpoint: Checkpoint) -> None:
@@ -38,6 +48,8 @@ def save(state_dir: str | Path, checkpoint: Checkpoint) -> None:
             "round": checkpoint.round,
             "finished": checkpoint.finished,
             "model_hash": checkpoint.model_hash,
+            "record": checkpoint.record,
+            "rejected": checkpoint.rejected,
             "weights": [
                 [name, list(a.shape), np.ascontiguousarray(a, dtype="<f4").tobytes()]
                 for name, a in checkpoint.weights.items()
@@ -60,7 +72,12 @@ def load(state_dir: str | Path) -> Checkpoint | None:
             for name, shape, data in raw["weights"]
         }
         return Checkpoint(
-            int(raw["round"]), weights, bytes(raw["model_hash"]), bool(raw.get("finished", False))
+            int(raw["round"]),
+            weights,
+            bytes(raw["model_hash"]),
+            bool(raw.get("finished", False)),
+            dict(raw.get("record") or {}),
+            {str(k): int(v) for k, v in (raw.get("rejected") or {}).items()},
         )
     except ConfigError:
         raise
@@ -68,3 +85,22 @@ def load(state_dir: str | Path) -> Checkpoint | None:
         raise ConfigError(
             f"{path}: unreadable checkpoint ({exc}); move it away to start the federation afresh"
         ) from None
+
+
+def save_round(state_dir: str | Path, snapshot: dict[str, Any]) -> None:
+    write_msgpack(Path(state_dir) / ROUND_FILENAME, snapshot)
+
+
+def load_round(state_dir: str | Path) -> dict[str, Any] | None:
+    """The open round's snapshot, or None. Writes are atomic, so an unreadable file means a
+    damaged disk: a ConfigError, since the updates it held are acknowledged and gone."""
+    path = Path(state_dir) / ROUND_FILENAME
+    try:
+        raw = read_msgpack(path)
+    except Exception as exc:
+        raise ConfigError(
+            f"{path}: unreadable round snapshot ({exc}); move it away to restart the round"
+        ) from None
+    if raw is not None and not isinstance(raw, dict):
+        raise ConfigError(f"{path}: round snapshot is not a map; move it away")
+    return raw

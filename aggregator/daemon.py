@@ -11,13 +11,15 @@ import queue
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from aggregator import checkpoint
+from aggregator.acks import AckLedger
 from aggregator.rounds import RoundRules, RoundState
 from fedge import history
 from fedge.codecs import Pipeline
@@ -26,7 +28,7 @@ from fedge.errors import ConfigError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
-from fedge.protocol import Kind, Topics
+from fedge.protocol import Kind, Topics, valid_name
 from fedge.wire import (
     Global,
     Hyper,
@@ -41,6 +43,8 @@ from fedge.wire import (
 )
 
 log = logging.getLogger(__name__)
+
+RESTORE_SETTLE_S = 5.0  # after a restart, time for the broker's backlog to arrive
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,19 @@ def resolve_dimensions(config: AggregatorConfig) -> tuple[int, int, EvalData | N
     return config.n_features, config.n_classes, None
 
 
+def read_clients_file(path: str) -> frozenset[str]:
+    """Enrolled client ids, one per line (``#`` comments); updates from others are refused."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        raise ConfigError(f"key 'clients_file': cannot read {path}: {exc}") from None
+    clients = {line.split("#", 1)[0].strip() for line in lines} - {""}
+    bad = sorted(c for c in clients if not valid_name(c))
+    if bad:
+        raise ConfigError(f"key 'clients_file': {path}: not client ids: {', '.join(bad[:5])}")
+    return frozenset(clients)
+
+
 class Aggregator:
     """Runs synchronous FedAvg rounds for one federation until ``rounds`` or ``stop``."""
 
@@ -91,6 +108,8 @@ class Aggregator:
             config.max_update_norm,
             codec.sent_as(),
             config.downlink,
+            config.short_round,
+            read_clients_file(config.clients_file) if config.clients_file else None,
         )
         n_features, n_classes, self.eval_data = resolve_dimensions(config)
         self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
@@ -106,13 +125,21 @@ class Aggregator:
         self._loop: NetworkLoop | None = None
         self._session: Session | None = None
         self._round_started = 0.0
+        self.acks = AckLedger(
+            self._ack,
+            self._save_round,
+            batch=config.checkpoint_batch,
+            interval_s=config.checkpoint_interval_s,
+        )
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     def run(self, stop: threading.Event | None = None) -> int:
         """Serve until the configured rounds are done (0) or ``stop`` is set (0)."""
         stop = stop or threading.Event()
-        start_round, weights = self._resume()
+        start_round, weights, snapshot = self._resume()
+        if snapshot is not None:  # before connecting: the broker's backlog folds into it
+            self._restore_round(start_round, weights, snapshot)
         self._connect()
         try:
             if self.finished:
@@ -124,12 +151,16 @@ class Aggregator:
                 self._publish_global(start_round, weights, final=True).result(10)
                 return 0
             self._publish_task()
-            self._wait_for_clients(stop)
-            self._open_round(start_round, weights)
+            if self.round is not None:
+                self._publish_open_round()
+            else:
+                self._wait_for_clients(stop)
+                self._open_round(start_round, weights)
             while not stop.is_set() and not self.finished:
                 self._step()
             return 0
         finally:
+            self.acks.settle()
             self._disconnect()
 
     def _wait_for_clients(self, stop: threading.Event) -> None:
@@ -138,13 +169,15 @@ class Aggregator:
         deadline = time.monotonic() + self.rules.round_timeout_s
         while len(self.online) < wanted and time.monotonic() < deadline and not stop.is_set():
             try:
-                self.handle(self._inbox.get(timeout=0.1))
+                self._receive(self._inbox.get(timeout=0.1))
             except queue.Empty:
                 pass
+            self.acks.settle_if_due(self._inbox.empty())
         if len(self.online) < wanted:
             log.warning("only %d of %d agents online; starting anyway", len(self.online), wanted)
 
-    def _resume(self) -> tuple[int, Params]:
+    def _resume(self) -> tuple[int, Params, dict[str, Any] | None]:
+        """(round to run, its global, its saved snapshot if the crash came mid-round)."""
         saved = checkpoint.load(self.config.state_dir)
         if saved is None:
             log.info(
@@ -153,15 +186,18 @@ class Aggregator:
                 self.config.model,
                 num_parameters(self.model.get_weights()),
             )
-            return 1, self.model.get_weights()
+            return 1, self.model.get_weights(), checkpoint.load_round(self.config.state_dir)
         if saved.model_hash != self.model_ref.hash:
             raise ConfigError(
                 f"{self.config.state_dir}: checkpoint is for another model; use "
                 "another state_dir or move the checkpoint away"
             )
         self.finished = saved.finished
+        self.rejections.update(saved.rejected)
+        if saved.record and self.config.history:
+            history.append_missing(self.config.history, saved.record)
         log.info("resuming federation %s at round %d", self.config.federation, saved.round)
-        return saved.round, saved.weights
+        return saved.round, saved.weights, checkpoint.load_round(self.config.state_dir)
 
     def _connect(self) -> None:
         self._loop = NetworkLoop("aggregator-mqtt").start()
@@ -171,17 +207,24 @@ class Aggregator:
                 BrokerAddress.parse(self.config.broker),
                 subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
                 on_message=self._inbox.put,
-                clean_session=False,  # the broker queues updates while we restart
+                clean_session=False,  # the broker keeps what we have not acknowledged
+                manual_ack=True,  # ... and we acknowledge only what is on disk (acks.py)
             )
         )
         if not self._session.wait_connected(15):
             log.warning("broker %s not reachable yet; still trying", self.config.broker)
 
+    def _ack(self, messages: Sequence[Incoming]) -> None:
+        if self._session is not None:
+            self._session.ack(messages)
+
+    def _save_round(self) -> None:
+        if self.round is not None:
+            checkpoint.save_round(self.config.state_dir, self.round.snapshot())
+
     def _disconnect(self) -> None:
         if self._loop is not None:
             self._loop.stop()
-
-    # -- rounds ------------------------------------------------------------------------------
 
     def _publish_task(self) -> None:
         task = Task(
@@ -232,61 +275,93 @@ class Aggregator:
         assert self._session is not None
         return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)
 
-    def _open_round(
-        self, round_number: int, weights: Params, metrics: dict[str, float] | None = None
-    ) -> None:
-        deadline = now_ms() + int(self.rules.round_timeout_s * 1000)
-        self.round = RoundState(
+    def _new_round(self, round_number: int, weights: Params, deadline_ms: int) -> RoundState:
+        return RoundState(
             self.config.federation,
             round_number,
             weights,
             self.model_ref,
             self.layout,
             self.rules,
-            deadline,
+            deadline_ms,
             self.limits,
         )
+
+    def _open_round(
+        self, round_number: int, weights: Params, metrics: dict[str, float] | None = None
+    ) -> None:
+        """A new attempt at a round: on disk before its global is out, so a restart knows it."""
+        self.round = self._new_round(
+            round_number, weights, now_ms() + int(self.rules.round_timeout_s * 1000)
+        )
+        self._save_round()
+        self._publish_open_round(metrics)
+        log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
+
+    def _restore_round(self, round_number: int, weights: Params, snapshot: dict[str, Any]) -> None:
+        """Resume the round a crash interrupted: same attempt, same folded updates. The
+        deadline gets a settle time, so the broker's backlog arrives before it can close."""
+        state = self._new_round(round_number, weights, 0)
+        try:
+            state.restore(snapshot)
+        except (ValueError, KeyError, TypeError) as exc:
+            log.info("round snapshot not used (%s); the round opens afresh", exc)
+            return
+        settle_ms = int(min(self.rules.round_timeout_s, RESTORE_SETTLE_S) * 1000)
+        state.deadline_ms = max(state.deadline_ms, now_ms() + settle_ms)
+        self.round = state
+        log.info(
+            "round %d resumed with %d updates folded (attempt %d)",
+            state.round,
+            state.count,
+            state.opened_ms,
+        )
+
+    def _publish_open_round(self, metrics: dict[str, float] | None = None) -> None:
+        state = self.round
+        assert state is not None
         self._round_started = time.monotonic()
         self._publish_global(
-            round_number,
-            weights,
-            deadline_ms=deadline,
-            opened_ms=self.round.opened_ms,
+            state.round,
+            state.global_weights,
+            deadline_ms=state.deadline_ms,
+            opened_ms=state.opened_ms,
             metrics=metrics,
         )
-        log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
 
     def _step(self) -> None:
         try:
-            message = self._inbox.get(timeout=0.1)
+            self._receive(self._inbox.get(timeout=0.1))
         except queue.Empty:
-            message = None
-        if message is not None:
-            self.handle(message)
+            pass
         self._maybe_close()
+        self.acks.settle_if_due(self._inbox.empty())
 
-    def handle(self, message: Incoming) -> None:
-        """Route one message; never raises."""
+    def _receive(self, message: Incoming) -> None:
+        self.acks.received(message, self.handle(message))
+
+    def handle(self, message: Incoming) -> bool:
+        """Route one message; never raises. True when it changed the round (an update folded)."""
         parsed = self.topics.parse(message.topic)
         if parsed is None:
-            return
+            return False
         kind, client = parsed
         if kind is Kind.UPDATE and client is not None and self.round is not None:
             verdict = self.round.offer(client, message.payload)
-            if not verdict.accepted:
-                self.rejections[verdict.reason] += 1
-                log.warning(
-                    "round %d: rejected update from %s: %s (%s)",
-                    self.round.round,
-                    client,
-                    verdict.reason,
-                    verdict.detail,
-                )
+            if verdict.accepted:
+                return True
+            self._reject(
+                verdict.reason, f"round {self.round.round}: update from {client}", verdict.detail
+            )
         elif kind is Kind.UPDATE:  # no round is open: the federation has finished
-            self.rejections["stale"] += 1
-            log.warning("update from %s after the final round: stale", client)
+            self._reject("stale", f"update from {client}", "the federation has finished")
         elif kind is Kind.STATUS and client is not None:
             self._handle_status(client, message.payload)
+        return False
+
+    def _reject(self, reason: str, what: str, detail: str) -> None:
+        self.rejections[reason] += 1
+        log.warning("rejected %s: %s (%s)", what, reason, detail)
 
     def _handle_status(self, client: str, payload: bytes) -> None:
         if not payload:  # a cleared retained status
@@ -295,11 +370,10 @@ class Aggregator:
         try:
             status = Status.from_wire(unpack(payload, self.limits), self.limits)
         except WireError as exc:
-            self.rejections["status:" + exc.reason] += 1
-            log.warning("bad status from %s: %s", client, exc)
+            self._reject("status:" + exc.reason, f"status from {client}", str(exc))
             return
         if status.sender != client or status.federation != self.config.federation:
-            self.rejections["status:sender"] += 1
+            self._reject("status:sender", f"status from {client}", "sender or federation")
             return
         if status.state == "online":
             self.online.add(client)
@@ -314,45 +388,38 @@ class Aggregator:
         if state.ready(now, self.online):
             self._close(state)
         elif state.overdue(now):
-            state.extend(now)
-            log.warning(
-                "round %d: %d of %d required updates by the deadline; extended by %.0fs",
-                state.round,
-                state.count,
-                self.rules.min_clients,
-                self.rules.round_timeout_s,
-            )
-            self._publish_global(
-                state.round,
-                state.global_weights,
-                deadline_ms=state.deadline_ms,
-                opened_ms=state.opened_ms,
-            )
+            self._short_round(state, now)
+
+    def _short_round(self, state: RoundState, now: int) -> None:
+        """A deadline without quorum: extend the attempt, or drop it and run the round again."""
+        log.warning(
+            "round %d: %d of %d required updates by the deadline; %s",
+            state.round,
+            state.count,
+            self.rules.min_clients,
+            "running it again" if self.rules.short_round == "rerun" else "extending it",
+        )
+        if self.rules.short_round == "rerun":
+            self.acks.settle()  # acknowledge what is held before its updates are dropped
+            self._open_round(state.round, state.global_weights)
+            return
+        state.extend(now)
+        self._save_round()
+        self._publish_open_round()
 
     def _close(self, state: RoundState) -> None:
         weights = state.close()
         metrics = self._evaluate(weights)
         next_round = state.round + 1
         final = bool(self.config.rounds) and state.round >= self.config.rounds
+        record = self._record(state, metrics, weights)
         checkpoint.save(
             self.config.state_dir,
-            checkpoint.Checkpoint(next_round, weights, self.model_ref.hash, final),
+            checkpoint.Checkpoint(
+                next_round, weights, self.model_ref.hash, final, record, dict(self.rejections)
+            ),
         )
-        record = {
-            "round": state.round,
-            "clients": state.count,
-            "examples": int(sum(state.contributors.values())),
-            "accuracy": metrics.get("accuracy"),
-            "loss": metrics.get("loss"),
-            "params": num_parameters(weights),
-            "uplink_bytes": state.uplink_bytes,
-            "float32_bytes": state.float32_bytes,
-            "seconds": round(time.monotonic() - self._round_started, 3),
-            "rejected": dict(state.rejected),
-            "extensions": state.extensions,
-            "codec": self.rules.codec,
-            "ts": now_ms(),
-        }
+        self.acks.saved_elsewhere()  # the new global holds every folded update
         if self.config.history:
             history.append(self.config.history, record)
         if final:
@@ -362,13 +429,37 @@ class Aggregator:
         else:
             self._open_round(next_round, weights, metrics)
         log.info(
-            "round %d closed: %d clients, accuracy %s",
+            "round %d closed: %d clients, accuracy %s, rejected %s",
             state.round,
             state.count,
             metrics.get("accuracy"),
+            dict(state.rejected),
         )
         if self.on_round is not None:
             self.on_round(record)
+
+    def _record(
+        self, state: RoundState, metrics: dict[str, float], weights: Params
+    ) -> dict[str, Any]:
+        """The round's history line."""
+        return {
+            "round": state.round,
+            "opened": state.opened_ms,
+            "clients": state.count,
+            "contributors": sorted(state.contributors),
+            "examples": int(sum(state.contributors.values())),
+            "accuracy": metrics.get("accuracy"),
+            "loss": metrics.get("loss"),
+            "params": num_parameters(weights),
+            "uplink_bytes": state.uplink_bytes,
+            "float32_bytes": state.float32_bytes,
+            "seconds": round(time.monotonic() - self._round_started, 3),
+            "rejected": dict(state.rejected),
+            "rejected_total": dict(self.rejections),
+            "extensions": state.extensions,
+            "codec": self.rules.codec,
+            "ts": now_ms(),
+        }
 
     def _evaluate(self, weights: Params) -> dict[str, float]:
         if self.eval_data is None:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -23,12 +25,19 @@ from fedge.wire import Limits, ModelRef, Reason, Update, downlink_encode, now_ms
 log = logging.getLogger(__name__)
 
 
+SHORT_ROUND_POLICIES = ("extend", "rerun")
+SNAPSHOT_FORMAT = 1
+
+
 @dataclass(frozen=True)
 class RoundRules:
     """When a round may close and what updates must look like.
 
     ``target_clients`` 0 means every sampled online client. ``codec`` is the update pipeline
     agents must use; ``downlink`` how the global model travels (float32 or float16).
+    ``short_round`` says what a deadline without quorum does: ``extend`` keeps the updates and
+    waits another timeout, ``rerun`` drops them and opens a new attempt that every sampled
+    agent trains again. ``clients`` (when given) is the set of client ids allowed to send.
     """
 
     fraction: float = 1.0
@@ -38,6 +47,8 @@ class RoundRules:
     max_update_norm: float = 0.0  # 0 = no bound
     codec: str = "int8"
     downlink: str = "float32"
+    short_round: str = "extend"
+    clients: frozenset[str] | None = None
 
     def __post_init__(self) -> None:
         if not 0.0 < self.fraction <= 1.0:
@@ -51,6 +62,8 @@ class RoundRules:
         object.__setattr__(self, "codec", Pipeline(self.codec).name)  # canonical, or ValueError
         if self.downlink not in DOWNLINK_CODECS:
             raise ValueError(f"downlink must be one of {DOWNLINK_CODECS}, got {self.downlink!r}")
+        if self.short_round not in SHORT_ROUND_POLICIES:
+            raise ValueError(f"short_round must be one of {SHORT_ROUND_POLICIES}")
 
 
 @dataclass(frozen=True)
@@ -110,6 +123,8 @@ class RoundState:
         return Verdict(True, topic_client)
 
     def _validate(self, topic_client: str, payload: bytes) -> tuple[Update, Params]:
+        if self.rules.clients is not None and topic_client not in self.rules.clients:
+            raise WireError(f"client {topic_client!r} is not enrolled", reason=Reason.UNKNOWN.value)
         update = Update.from_wire(unpack(payload, self.limits), self.limits)
         if update.federation != self.federation:
             raise WireError(f"federation {update.federation!r}", reason=Reason.FEDERATION.value)
@@ -178,6 +193,37 @@ class RoundState:
     def extend(self, now_ms: int) -> None:
         self.deadline_ms = now_ms + int(self.rules.round_timeout_s * 1000)
         self.extensions += 1
+
+    def snapshot(self) -> dict[str, Any]:
+        """The open round as plain data: enough to resume it exactly after a crash."""
+        return {
+            "format": SNAPSHOT_FORMAT,
+            "round": self.round,
+            "base": self.base_hash,
+            "opened_ms": self.opened_ms,
+            "deadline_ms": self.deadline_ms,
+            "extensions": self.extensions,
+            "contributors": dict(self.contributors),
+            "uplink_bytes": self.uplink_bytes,
+            "float32_bytes": self.float32_bytes,
+            "rejected": dict(self.rejected),
+            "strategy": self.strategy.state(),
+        }
+
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
+        """Inverse of ``snapshot``, for this round and global only (else ValueError)."""
+        if snapshot.get("format") != SNAPSHOT_FORMAT:
+            raise ValueError(f"round snapshot format {snapshot.get('format')!r}")
+        if snapshot["round"] != self.round or bytes(snapshot["base"]) != self.base_hash:
+            raise ValueError("round snapshot is for another round or global model")
+        self.strategy.restore(snapshot["strategy"])
+        self.opened_ms = int(snapshot["opened_ms"])
+        self.deadline_ms = int(snapshot["deadline_ms"])
+        self.extensions = int(snapshot["extensions"])
+        self.contributors = {str(c): int(n) for c, n in snapshot["contributors"].items()}
+        self.uplink_bytes = int(snapshot["uplink_bytes"])
+        self.float32_bytes = int(snapshot["float32_bytes"])
+        self.rejected = Counter({str(r): int(n) for r, n in snapshot["rejected"].items()})
 
     def close(self) -> Params:
         """The next global model; the round must have quorum."""

@@ -54,6 +54,10 @@ class AggregatorConfig:
     max_update_bytes: int = 4 * 1024 * 1024
     history: str = ""
     ship_model: bool = False  # put the model file (.tflite) into the retained task
+    short_round: str = "extend"  # deadline without quorum: extend | rerun (drop and retrain)
+    clients_file: str = ""  # enrolled client ids, one per line; others are refused
+    checkpoint_batch: int = 32  # accepted updates per round-snapshot write (at most)
+    checkpoint_interval_s: float = 1.0  # ... or this long after the first unsaved one
 
     @property
     def mqtt_client_id(self) -> str:
@@ -104,6 +108,18 @@ class AggregatorConfig:
         )
         _check(self.start_clients >= 0, "start_clients", self.start_clients, ">= 0")
         _check(self.round_timeout_s > 0, "round_timeout_s", self.round_timeout_s, "> 0")
+        _check(
+            self.short_round in ("extend", "rerun"), "short_round", self.short_round, "extend|rerun"
+        )
+        _check(
+            1 <= self.checkpoint_batch <= 1000, "checkpoint_batch", self.checkpoint_batch, "1..1000"
+        )
+        _check(
+            0 <= self.checkpoint_interval_s <= 60,
+            "checkpoint_interval_s",
+            self.checkpoint_interval_s,
+            "0..60 seconds",
+        )
         _check(self.max_update_norm >= 0, "max_update_norm", self.max_update_norm, ">= 0")
         _check(
             1024 <= self.max_update_bytes <= 256 << 20,

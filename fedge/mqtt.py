@@ -61,10 +61,15 @@ class Will:
 
 @dataclass(frozen=True)
 class Incoming:
+    """A received message. ``mid`` and ``connection`` identify it for a manual acknowledgement:
+    a packet id means something only on the connection that delivered it."""
+
     topic: str
     payload: bytes
     retain: bool
     qos: int
+    mid: int = 0
+    connection: int = 0
 
 
 class Session:
@@ -86,6 +91,7 @@ class Session:
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         max_queued: int = 1000,
+        manual_ack: bool = False,
     ) -> None:
         self.client_id = client_id
         self.broker = broker
@@ -106,6 +112,7 @@ class Session:
             client_id=client_id,
             protocol=paho.MQTTv311,
             clean_session=clean_session,
+            manual_ack=manual_ack,
         )
         if username is not None:
             client.username_pw_set(username, password)
@@ -147,6 +154,17 @@ class Session:
         self._loop.call_soon(lambda: self._do_publish(topic, payload, qos, retain, future))
         return future
 
+    def ack(self, messages: Sequence[Incoming]) -> None:
+        """Acknowledge QoS 1 messages (with ``manual_ack``), in the order given.
+
+        Until acknowledged, the broker holds a message and delivers it again after a
+        reconnect. A message from an earlier connection is not acknowledged here: its packet
+        id is void, and the broker redelivers it on the current one.
+        """
+        wanted = [m for m in messages if m.qos > 0]
+        if wanted and self._loop is not None:
+            self._loop.call_soon(lambda: self._do_ack(wanted))
+
     def close(self) -> None:
         """Disconnect cleanly (the broker does not publish the will)."""
         if self._loop is not None:
@@ -183,6 +201,13 @@ class Session:
             future.set_result(None)
         else:
             self._pending[info.mid] = future
+
+    def _do_ack(self, messages: Sequence[Incoming]) -> None:
+        if self._closed or not self._client.is_connected():
+            return
+        for message in messages:
+            if message.connection == self.connects:
+                self._client.ack(message.mid, message.qos)
 
     def _do_close(self) -> None:
         if self._closed:
@@ -259,7 +284,12 @@ class Session:
     ) -> None:
         if self.on_message is not None:
             incoming = Incoming(
-                message.topic, bytes(message.payload), bool(message.retain), int(message.qos)
+                message.topic,
+                bytes(message.payload),
+                bool(message.retain),
+                int(message.qos),
+                int(message.mid),
+                self.connects,
             )
             _safely(lambda: self.on_message(incoming), self.client_id)  # type: ignore[misc]
 

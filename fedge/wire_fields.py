@@ -35,6 +35,7 @@ class Reason(str, Enum):
     NONFINITE = "nonfinite"  # NaN or Inf in a tensor, scale or metric
     DUPLICATE = "duplicate"  # a second update from the same client for the same round
     NORM = "norm"  # update norm above the configured bound
+    UNKNOWN = "unknown_client"  # a client id the receiver has not enrolled
 
 
 @dataclass(frozen=True)
