@@ -8,6 +8,11 @@ Error feedback: when the task asks for it, the agent adds to each delta what com
 dropped from the previous one (the residual) and keeps the new residual. The residual is
 saved with the round marker, atomically, only once the broker acknowledged the update, so a
 restart neither loses nor double-counts it.
+
+The outbox: a trained update is saved (``stage``) before it is sent and cleared once the broker
+acknowledged it (``committed``). It survives a lost link and a restart and is sent again while
+its round attempt is the current one; once a newer global arrives it is stale and dropped.
+At most one update waits, so the outbox is bounded by one update's size.
 """
 
 from __future__ import annotations
@@ -87,6 +92,9 @@ class AgentCore:
         usable = isinstance(key, bytes) and isinstance(raw, bytes) and len(raw) % 4 == 0
         self.residual_model = key if usable else b""
         self.residual = np.frombuffer(raw if usable else b"", dtype="<f4").copy()
+        self.pending: TrainResult | None = _read_pending(saved.get("pending"))
+        if self.pending is not None:
+            log.info("%s: an update for round %d waits to be sent", client_id, self.pending.round)
 
     @property
     def num_examples(self) -> int:
@@ -148,6 +156,17 @@ class AgentCore:
         # already delivered is skipped (an extension of a round republishes the same one).
         attempt = (message.round, message.opened)
         self.current = attempt
+        if self.pending is not None:
+            if (self.pending.round, self.pending.opened) == attempt:
+                return None  # trained already: the runtime sends the waiting update again
+            log.warning(
+                "%s: dropping the unsent update for round %d: the aggregator moved on to round %d",
+                self.client_id,
+                self.pending.round,
+                message.round,
+            )
+            self.pending = None
+            self._save()
         if message.final or model is None:
             return None
         if attempt == (self.last_trained, self.last_opened):
@@ -222,6 +241,11 @@ class AgentCore:
             return None
         return self.residual
 
+    def stage(self, result: TrainResult) -> None:
+        """Keep ``result`` on disk until the broker acknowledges it (replacing any older one)."""
+        self.pending = result
+        self._save()
+
     def committed(
         self, round_number: int, opened: int = 0, residual: np.ndarray | None = None
     ) -> None:
@@ -231,21 +255,48 @@ class AgentCore:
         if residual is not None:
             self.residual = np.asarray(residual, dtype=np.float32)
             self.residual_model = _model_key(self.task) if self.task and residual.size else b""
-        if self.state_dir is not None:
-            write_msgpack(
-                self.state_dir / STATE_FILE,
-                {
-                    "last_trained": self.last_trained,
-                    "last_opened": self.last_opened,
-                    "residual_model": self.residual_model,
-                    "residual": self.residual.astype("<f4").tobytes(),
-                },
-            )
+        if self.pending is not None and (self.pending.round, self.pending.opened) == (
+            round_number,
+            opened,
+        ):
+            self.pending = None
+        self._save()
+
+    def _save(self) -> None:
+        if self.state_dir is None:
+            return
+        state: dict[str, object] = {
+            "last_trained": self.last_trained,
+            "last_opened": self.last_opened,
+            "residual_model": self.residual_model,
+            "residual": self.residual.astype("<f4").tobytes(),
+        }
+        if self.pending is not None:
+            state["pending"] = {
+                "round": self.pending.round,
+                "opened": self.pending.opened,
+                "update": self.pending.update,
+                "residual": self.pending.residual.astype("<f4").tobytes(),
+            }
+        write_msgpack(self.state_dir / STATE_FILE, state)
 
     def _reject(self, what: str, exc: Exception) -> None:
         reason = getattr(exc, "reason", "malformed")
         self.rejections[f"{what}:{reason}"] += 1
         log.warning("%s: refused %s message: %s (%s)", self.client_id, what, reason, exc)
+
+
+def _read_pending(raw: object) -> TrainResult | None:
+    """The saved outbox entry, or None when absent or unusable (it is then retrained)."""
+    if not isinstance(raw, dict):
+        return None
+    update, residual = raw.get("update"), raw.get("residual", b"")
+    rnd, opened = raw.get("round"), raw.get("opened")
+    if not (isinstance(update, bytes) and isinstance(residual, bytes) and len(residual) % 4 == 0):
+        return None
+    if not (isinstance(rnd, int) and isinstance(opened, int)):
+        return None
+    return TrainResult(rnd, opened, update, b"", {}, np.frombuffer(residual, "<f4").copy())
 
 
 def _model_key(task: Task) -> bytes:

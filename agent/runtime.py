@@ -2,6 +2,12 @@
 
 A device runs one agent; the fleet emulator runs hundreds per process. Each agent has its
 own MQTT session (its own client id, will and status), so the broker sees a real fleet.
+
+Sessions are persistent and updates go out at QoS 1. The task and global model are
+subscribed at QoS 0 on purpose: they are retained, so every (re)connect's subscription
+brings the latest one, and the broker keeps no backlog of superseded models for a device that
+was away. An update made while offline waits in the agent's outbox (see agent.core) and goes
+out when the retained global shows its round is still open.
 """
 
 from __future__ import annotations
@@ -40,6 +46,8 @@ class AgentRuntime:
         self.sessions: dict[str, Session] = {}
         self.updates_sent = 0
         self._lock = threading.Lock()
+        self._agent_locks = {agent.client_id: threading.Lock() for agent in self.agents}
+        self._sending: set[str] = set()  # agents whose update awaits the broker's ack
 
     def start(self) -> None:
         self.loop.start()
@@ -67,11 +75,12 @@ class AgentRuntime:
         return Session(
             agent.client_id,
             self.broker,
-            subscriptions=[(topics.task, 1), (topics.global_model, 1)],
+            subscriptions=[(topics.task, 0), (topics.global_model, 0)],
             on_message=lambda message, a=agent: self._on_message(a, message),
             on_connect=lambda a=agent: self._publish_status(a, "online"),
             will=Will(topics.status(agent.client_id), encode(will), qos=1, retain=True),
             keepalive=self.keepalive,
+            clean_session=False,
         )
 
     def _publish_status(self, agent: AgentCore, state: str, detail: str = "") -> Future[None]:
@@ -117,9 +126,12 @@ class AgentRuntime:
             self._consider(agent, message.payload)
 
     def _consider(self, agent: AgentCore, payload: bytes) -> None:
-        job = agent.on_global(payload)
+        with self._agent_locks[agent.client_id]:
+            job = agent.on_global(payload)
         if job is not None:
             self.trainer.submit(self._train, agent, job)
+        else:
+            self._send(agent)  # an update trained for this attempt may still wait
 
     def _train(self, agent: AgentCore, job: TrainJob) -> None:
         if not agent.is_current(job):
@@ -131,22 +143,46 @@ class AgentRuntime:
                 "%s: training round %d failed: %s", agent.client_id, job.global_model.round, exc
             )
             return
+        with self._agent_locks[agent.client_id]:
+            if not agent.is_current(job):
+                return  # overtaken while training: the update would be stale
+            agent.stage(result)  # on disk before it leaves: survives a lost link or a restart
         topics = Topics(agent.federation)
-        session = self.sessions[agent.client_id]
-        future = session.publish(topics.update(agent.client_id), result.update, qos=1)
-        session.publish(topics.metrics(agent.client_id), result.metrics, qos=0)
-
-        def acknowledged(done: Future[None]) -> None:
-            if done.exception() is None:
-                agent.committed(result.round, result.opened, result.residual)
-                with self._lock:
-                    self.updates_sent += 1
-
-        future.add_done_callback(acknowledged)
+        self.sessions[agent.client_id].publish(
+            topics.metrics(agent.client_id), result.metrics, qos=0
+        )
         log.info(
-            "%s: round %d update sent (%d bytes, loss %.4f)",
+            "%s: round %d update ready (%d bytes, loss %.4f)",
             agent.client_id,
             result.round,
             len(result.update),
             result.values["loss"],
         )
+        self._send(agent)
+
+    def _send(self, agent: AgentCore) -> None:
+        """Publish the agent's waiting update unless it is already on its way."""
+        with self._agent_locks[agent.client_id]:
+            result = agent.pending
+            if result is None or agent.client_id in self._sending:
+                return
+            session = self.sessions[agent.client_id]
+            if not session.connected:
+                log.info(
+                    "%s: offline; the update for round %d waits", agent.client_id, result.round
+                )
+                return
+            self._sending.add(agent.client_id)
+        topic = Topics(agent.federation).update(agent.client_id)
+        future = session.publish(topic, result.update, qos=1)
+
+        def acknowledged(done: Future[None]) -> None:
+            with self._agent_locks[agent.client_id]:
+                self._sending.discard(agent.client_id)
+                if done.exception() is not None:
+                    return  # stays in the outbox; the next global sends it again
+                agent.committed(result.round, result.opened, result.residual)
+            with self._lock:
+                self.updates_sent += 1
+
+        future.add_done_callback(acknowledged)

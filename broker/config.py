@@ -41,7 +41,7 @@ def render_config(
     host: str = "127.0.0.1",
     data_dir: str | Path,
     log_file: str | Path,
-    persistence: bool = False,
+    persistence: bool = True,
     max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     user: str | None = None,
 ) -> str:

@@ -55,7 +55,7 @@ class LocalBroker:
         workdir: str | Path | None = None,
         port: int | None = None,
         host: str = "127.0.0.1",
-        persistence: bool = False,
+        persistence: bool = True,
         max_packet_size: int = DEFAULT_MAX_PACKET_SIZE,
     ) -> None:
         _check_limits(port, max_packet_size)  # fail at construction, not at start()
