@@ -65,6 +65,21 @@ def build_parser() -> argparse.ArgumentParser:
         dest="round_timeout_s",
         help="seconds until a round closes with what it has (>= min-clients)",
     )
+    p.add_argument(
+        "--short-round",
+        choices=["extend", "rerun"],
+        help="a deadline without quorum extends the round, or drops it and runs it again",
+    )
+    p.add_argument("--clients-file", help="enrolled client ids, one per line; others refused")
+    p.add_argument(
+        "--checkpoint-batch", type=int, help="accepted updates per round-snapshot write (max)"
+    )
+    p.add_argument(
+        "--checkpoint-interval",
+        type=float,
+        dest="checkpoint_interval_s",
+        help="seconds an accepted update may wait for its snapshot write",
+    )
     p.add_argument("--max-update-norm", type=float)
     p.add_argument("--history", help="JSON Lines file, one object per round")
     p.add_argument(

@@ -160,7 +160,10 @@ class Aggregator:
                 self._step()
             return 0
         finally:
-            self.acks.settle()
+            try:
+                self.acks.settle()  # what is folded goes to disk before we let go of it
+            except OSError as exc:
+                log.error("cannot save the round (%s); the broker will deliver it again", exc)
             self._disconnect()
 
     def _wait_for_clients(self, stop: threading.Event) -> None:

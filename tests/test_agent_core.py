@@ -189,3 +189,44 @@ def test_a_float16_global_is_trained_from_as_received() -> None:
     )
     update = Update.from_wire(unpack(a.train(job).update))
     assert update.base == Global.from_wire(unpack(payload), LAYOUT).weights_hash
+
+
+def test_a_staged_update_survives_a_restart_and_is_resent_not_retrained(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(TASK)
+    job = a.on_global(glob(3, 300))
+    assert job is not None
+    result = a.train(job)
+    a.stage(result)  # saved, then the device lost power before the broker's ack
+    b = agent(tmp_path)
+    b.on_task(TASK)
+    assert b.pending is not None and b.pending.update == result.update
+    assert b.on_global(glob(3, 300)) is None  # same attempt: send the waiting update, no training
+    assert b.pending is not None
+    b.committed(3, 300, b.pending.residual)
+    assert b.pending is None and agent(tmp_path).pending is None
+    assert b.on_global(glob(3, 300)) is None  # acknowledged: never sent twice
+
+
+def test_a_waiting_update_is_dropped_once_the_aggregator_moved_on(tmp_path: Path) -> None:
+    a = agent(tmp_path)
+    a.on_task(TASK)
+    job = a.on_global(glob(3, 300))
+    assert job is not None
+    a.stage(a.train(job))
+    b = agent(tmp_path)
+    b.on_task(TASK)
+    assert b.on_global(glob(4, 400)) is not None  # a newer round: train it instead
+    assert b.pending is None and agent(tmp_path).pending is None
+    c = agent(tmp_path)
+    c.on_task(TASK)
+    assert c.on_global(glob(3, 301)) is not None  # a rerun of the round is a new attempt too
+
+
+def test_a_damaged_outbox_entry_is_ignored(tmp_path: Path) -> None:
+    from fedge.statefile import write_msgpack
+
+    write_msgpack(tmp_path / "agent.msgpack", {"pending": {"round": "x", "update": 5}})
+    a = agent(tmp_path)
+    a.on_task(TASK)
+    assert a.pending is None and a.on_global(glob(1, 1)) is not None

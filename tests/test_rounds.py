@@ -206,3 +206,46 @@ def test_with_a_float16_downlink_updates_must_start_from_the_float16_weights() -
     from_float32 = update_payload("c2", 1, weights(), delta(2), federation="fed")
     assert state.offer("c1", from_float16).accepted
     assert state.offer("c2", from_float32).reason == "stale"
+
+
+def test_a_round_restored_from_its_snapshot_closes_exactly_like_the_original(tmp_path) -> None:
+    from aggregator import checkpoint
+
+    original = open_round("int8")
+    for i in range(3):
+        payload = update_payload(f"c{i}", 1, weights(), delta(i), codec="int8", num_examples=i + 1)
+        assert original.offer(f"c{i}", payload).accepted
+    original.offer("c0", b"junk")
+    checkpoint.save_round(tmp_path, original.snapshot())
+    resumed = open_round("int8")
+    resumed.restore(checkpoint.load_round(tmp_path))
+    assert resumed.contributors == original.contributors and resumed.count == 3
+    assert resumed.opened_ms == original.opened_ms and resumed.rejected == original.rejected
+    # a redelivered update of a contributor is a duplicate, not a second vote
+    again = update_payload("c1", 1, weights(), delta(1), codec="int8", num_examples=2)
+    assert resumed.offer("c1", again).reason == "duplicate"
+    late = update_payload("c3", 1, weights(), delta(3), codec="int8", num_examples=4)
+    for state in (original, resumed):
+        assert state.offer("c3", late).accepted
+    assert P.allclose(original.close(), resumed.close(), atol=0)
+
+
+def test_a_snapshot_of_another_round_or_global_is_refused() -> None:
+    snapshot = open_round().snapshot()
+    other = RoundState(
+        "fed", 2, weights(), MODEL, LAYOUT, RoundRules(codec="float32"), deadline_ms=0
+    )
+    with pytest.raises(ValueError):
+        other.restore(snapshot)
+    moved = RoundState(
+        "fed", 1, weights(seed=5), MODEL, LAYOUT, RoundRules(codec="float32"), deadline_ms=0
+    )
+    with pytest.raises(ValueError):
+        moved.restore(snapshot)
+
+
+def test_updates_from_clients_not_enrolled_are_refused() -> None:
+    state = open_round(clients=frozenset({"c0"}))
+    assert state.offer("c0", update_payload("c0", 1, weights(), delta(0))).accepted
+    verdict = state.offer("c9", update_payload("c9", 1, weights(), delta(9)))
+    assert verdict.reason == "unknown_client" and state.count == 1

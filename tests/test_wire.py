@@ -147,3 +147,15 @@ def test_sampling_is_deterministic_and_matches_the_fraction() -> None:
     assert picks == [is_sampled("lab", 7, f"c{i}", 0.3) for i in range(4000)]
     assert 0.27 < np.mean(picks) < 0.33
     assert picks != [is_sampled("lab", 8, f"c{i}", 0.3) for i in range(4000)]
+
+
+def test_history_keeps_a_record_once_and_survives_a_torn_line(tmp_path) -> None:
+    from fedge import history
+
+    path = tmp_path / "h.jsonl"
+    assert history.append_missing(path, {"round": 1, "opened": 5})
+    assert not history.append_missing(path, {"round": 1, "opened": 5, "ts": 9})
+    with open(path, "ab") as handle:
+        handle.write(b'{"round": 2, "ope')  # a crash mid-write
+    assert history.append_missing(path, {"round": 2, "opened": 6})
+    assert [r["round"] for r in history.read(path)] == [1, 2]
