@@ -255,3 +255,41 @@ def test_bad_updates_are_rejected_by_reason_and_the_round_completes(
     assert record["clients"] == 2
     assert record["rejected"] == ONE_OF_EACH
     assert Update.from_wire(genuine).num_examples == agents[0].num_examples
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("policy", ["extend", "rerun"])
+def test_a_round_short_of_quorum_is_extended_or_rerun_never_closed_short(
+    broker, tmp_path, runtimes, policy: str
+) -> None:
+    fed = f"short-{policy}"
+    agents = make_agents(fed, 2, tmp_path)
+    cfg = config(
+        broker.address,
+        fed,
+        tmp_path,
+        rounds=1,
+        min_clients=2,
+        target_clients=2,
+        round_timeout_s=1.0,
+        short_round=policy,
+    )
+    with Running(cfg) as run:
+        start_agents(broker, agents[:1], runtimes)
+        wait_for(lambda: run.aggregator.round is not None, 15, "round 1 open")
+        first = run.aggregator.round
+        wait_for(lambda: first.count == 1, 15, "dev-0's update")
+        time.sleep(2.5)  # two deadlines pass with one update of the two required
+        assert not history.read(tmp_path / "history.jsonl")  # never closed short
+        state = run.aggregator.round
+        assert state is not None and state.round == 1
+        if policy == "extend":
+            assert state is first and state.extensions >= 2 and state.count == 1
+        else:  # a new attempt: dev-0 trains it again, its first update dropped
+            assert state.opened_ms != first.opened_ms
+            wait_for(lambda: agents[0].last_opened == run.aggregator.round.opened_ms, 15, "retrain")
+        start_agents(broker, agents[1:], runtimes)
+        run.thread.join(30)
+        assert run.result.get("code") == 0, run.result
+    record = history.read(tmp_path / "history.jsonl")[0]
+    assert record["contributors"] == ["dev-0", "dev-1"]
