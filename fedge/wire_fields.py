@@ -35,6 +35,8 @@ class Reason(str, Enum):
     NONFINITE = "nonfinite"  # NaN or Inf in a tensor, scale or metric
     DUPLICATE = "duplicate"  # a second update from the same client for the same round
     NORM = "norm"  # update norm above the configured bound
+    UNSIGNED = "unsigned"  # a plain task/global where a signed one is required
+    SIGNATURE = "signature"  # signed by another key, or the signature does not verify
 
 
 @dataclass(frozen=True)
