@@ -22,11 +22,13 @@ from aggregator.rounds import RoundRules, RoundState
 from fedge import history
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
+from fedge.credentials import mqtt_auth
 from fedge.errors import ConfigError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
 from fedge.protocol import Kind, Topics
+from fedge.signing import load_signing_key, seal
 from fedge.wire import (
     Global,
     Hyper,
@@ -106,6 +108,8 @@ class Aggregator:
         self._loop: NetworkLoop | None = None
         self._session: Session | None = None
         self._round_started = 0.0
+        self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
+        self.signer = load_signing_key(config.signing_key) if config.signing_key else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -172,6 +176,7 @@ class Aggregator:
                 subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
                 on_message=self._inbox.put,
                 clean_session=False,  # the broker queues updates while we restart
+                **self.auth.session_args(),
             )
         )
         if not self._session.wait_connected(15):
@@ -196,7 +201,7 @@ class Aggregator:
             model_file=self._model_file(),
         )
         assert self._session is not None
-        self._session.publish(self.topics.task, encode(task), qos=1, retain=True)
+        self._session.publish(self.topics.task, seal(encode(task), self.signer), qos=1, retain=True)
 
     def _model_file(self) -> bytes:
         """The .tflite bytes for the task when ``ship_model`` is on (else nothing)."""
@@ -230,7 +235,8 @@ class Aggregator:
             weights_codec=self.rules.downlink,
         )
         assert self._session is not None
-        return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)
+        payload = seal(encode(message), self.signer)  # signed over these exact bytes
+        return self._session.publish(self.topics.global_model, payload, qos=1, retain=True)
 
     def _open_round(
         self, round_number: int, weights: Params, metrics: dict[str, float] | None = None
