@@ -24,7 +24,7 @@ from fedge.errors import FedgeError
 log = logging.getLogger("fedge.broker")
 
 EXAMPLE = """examples:
-  fedge-broker init site --federation lab --devices 3 --host gateway.local --port 8883
+  fedge-broker init site --federation lab --devices 3 --host gateway.local --bind 0.0.0.0
   fedge-broker run site                       # Mosquitto in the foreground
   scp -r site/devices/device-001 pi@kitchen:/etc/fedge/    # provisioning = one folder
   fedge-broker add-device site pi-garage      # new folder site/devices/pi-garage

@@ -137,6 +137,27 @@ def test_a_device_publishing_as_another_device_or_as_the_aggregator_is_dropped(
         p.close()
 
 
+def test_a_last_will_on_another_devices_topic_is_never_published(site: Site) -> None:
+    """The will is published by the broker itself, so it must pass the ACL too."""
+    aggregator = peer(site, "aggregator")
+    aggregator.subscribe(F + "update/+", wait=0.1)
+    aggregator.subscribe(F + "status/+")
+    for topic, payload in ((F + "update/dev-b", "forged will"), (F + "status/dev-a", "control")):
+        tool = subprocess.Popen(
+            ["mosquitto_sub", *tool_args(site, "dev-a"), "-t", F + "task"]
+            + ["--will-topic", topic, "--will-payload", payload, "--will-qos", "1"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        time.sleep(0.5)
+        tool.kill()  # no DISCONNECT: the broker publishes the will, if the ACL lets it
+        tool.wait(5)
+    wait_for(lambda: (F + "status/dev-a", b"control", False) in aggregator.received, 10, "will")
+    time.sleep(0.3)
+    assert [t for t, p, _ in aggregator.received if p == b"forged will"] == []
+    aggregator.close()
+
+
 def test_a_device_cannot_take_over_another_clients_session_by_its_client_id(site: Site) -> None:
     victim = peer(site, "aggregator")
     victim.subscribe(F + "update/+")
