@@ -72,10 +72,10 @@ class AgentRuntime:
             self.broker,
             subscriptions=[(topics.task, 1), (topics.global_model, 1)],
             on_message=lambda message, a=agent: self._on_message(a, message),
+            **self.auth.get(agent.client_id, NO_AUTH).session_args(),
             on_connect=lambda a=agent: self._publish_status(a, "online"),
             will=Will(topics.status(agent.client_id), encode(will), qos=1, retain=True),
             keepalive=self.keepalive,
-            **self.auth.get(agent.client_id, NO_AUTH).session_args(),
         )
 
     def _publish_status(self, agent: AgentCore, state: str, detail: str = "") -> Future[None]:

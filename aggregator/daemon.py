@@ -19,7 +19,7 @@ import numpy as np
 
 from aggregator import checkpoint
 from aggregator.rounds import RoundRules, RoundState
-from fedge import history
+from fedge import history, signing
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
 from fedge.credentials import mqtt_auth
@@ -28,7 +28,6 @@ from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
 from fedge.protocol import Kind, Topics
-from fedge.signing import load_signing_key, seal
 from fedge.wire import (
     Global,
     Hyper,
@@ -80,6 +79,8 @@ class Aggregator:
         self.on_round = on_round
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
+        self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
+        self.signer = signing.load_signing_key(config.signing_key) if config.signing_key else None
         codec = Pipeline(config.codec)
         if codec.sent_as() != codec.name:
             log.warning(
@@ -108,8 +109,6 @@ class Aggregator:
         self._loop: NetworkLoop | None = None
         self._session: Session | None = None
         self._round_started = 0.0
-        self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
-        self.signer = load_signing_key(config.signing_key) if config.signing_key else None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -173,10 +172,10 @@ class Aggregator:
             Session(
                 self.config.mqtt_client_id,
                 BrokerAddress.parse(self.config.broker),
+                **self.auth.session_args(),
                 subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
                 on_message=self._inbox.put,
                 clean_session=False,  # the broker queues updates while we restart
-                **self.auth.session_args(),
             )
         )
         if not self._session.wait_connected(15):
@@ -201,7 +200,9 @@ class Aggregator:
             model_file=self._model_file(),
         )
         assert self._session is not None
-        self._session.publish(self.topics.task, seal(encode(task), self.signer), qos=1, retain=True)
+        self._session.publish(
+            self.topics.task, signing.seal(encode(task), self.signer), qos=1, retain=True
+        )
 
     def _model_file(self) -> bytes:
         """The .tflite bytes for the task when ``ship_model`` is on (else nothing)."""
@@ -235,7 +236,7 @@ class Aggregator:
             weights_codec=self.rules.downlink,
         )
         assert self._session is not None
-        payload = seal(encode(message), self.signer)  # signed over these exact bytes
+        payload = signing.seal(encode(message), self.signer)  # signed over these exact bytes
         return self._session.publish(self.topics.global_model, payload, qos=1, retain=True)
 
     def _open_round(

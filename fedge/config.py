@@ -52,8 +52,6 @@ class AggregatorConfig:
     round_timeout_s: float = 60.0
     max_update_norm: float = 0.0
     max_update_bytes: int = 4 * 1024 * 1024
-    history: str = ""
-    ship_model: bool = False  # put the model file (.tflite) into the retained task
     # a secured site (fedge-broker init): relative paths are relative to the config file
     username: str = ""
     password_file: str = ""  # first line is the MQTT password; mode 0600
@@ -61,6 +59,8 @@ class AggregatorConfig:
     cert_file: str = ""  # optional TLS client certificate ...
     key_file: str = ""  # ... and its private key (mode 0600)
     signing_key: str = ""  # Ed25519 private key (PEM, mode 0600): task and global are signed
+    history: str = ""
+    ship_model: bool = False  # put the model file (.tflite) into the retained task
 
     @property
     def mqtt_client_id(self) -> str:

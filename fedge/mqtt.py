@@ -84,10 +84,10 @@ class Session:
         clean_session: bool = True,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsFiles | None = None,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         max_queued: int = 1000,
-        tls: TlsFiles | None = None,
     ) -> None:
         self.client_id = client_id
         self.broker = broker
@@ -174,6 +174,15 @@ class Session:
         if self._loop is not None:
             self._loop._want(sock, False)
 
+    def _read(self) -> None:
+        """Read, then what TLS already decrypted: select() cannot see those buffered bytes."""
+        self._client.loop_read()
+        for _ in range(10_000):  # bounded: every read consumes buffered bytes
+            sock = self._client.socket()
+            if sock is None or not getattr(sock, "pending", lambda: 0)():
+                return
+            self._client.loop_read()
+
     def _do_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, future: Future[None]
     ) -> None:
@@ -187,15 +196,6 @@ class Session:
             future.set_result(None)
         else:
             self._pending[info.mid] = future
-
-    def _read(self) -> None:
-        """Read, then what TLS already decrypted: select() cannot see those buffered bytes."""
-        self._client.loop_read()
-        for _ in range(10_000):  # bounded: every read consumes buffered bytes
-            sock = self._client.socket()
-            if sock is None or not getattr(sock, "pending", lambda: 0)():
-                return
-            self._client.loop_read()
 
     def _do_close(self) -> None:
         if self._closed:

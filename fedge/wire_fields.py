@@ -34,9 +34,9 @@ class Reason(str, Enum):
     SHAPE = "shape"  # tensor names, order or shapes differ from the model
     NONFINITE = "nonfinite"  # NaN or Inf in a tensor, scale or metric
     DUPLICATE = "duplicate"  # a second update from the same client for the same round
-    NORM = "norm"  # update norm above the configured bound
     UNSIGNED = "unsigned"  # a plain task/global where a signed one is required
     SIGNATURE = "signature"  # signed by another key, or the signature does not verify
+    NORM = "norm"  # update norm above the configured bound
 
 
 @dataclass(frozen=True)
