@@ -3,8 +3,8 @@
 Pure rendering from a ``Site`` (``broker/site.py`` decides when to write them). The ACL gives
 every device a section of its own, by username, rather than ``pattern`` lines: revoking a
 device removes its section, and after the broker reloads, a revoked device that is still
-connected can neither publish nor receive anything (Mosquitto re-checks ACLs on reload but
-keeps connected clients connected).
+connected can neither publish nor receive anything (Mosquitto re-checks ACLs on reload;
+2.0.11 also disconnects a client whose password is gone).
 """
 
 from __future__ import annotations
