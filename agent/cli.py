@@ -12,16 +12,22 @@ import numpy as np
 
 from agent.core import AgentCore
 from agent.runtime import AgentRuntime
-from fedge.cli_common import EXIT_OK, EXIT_USAGE, setup_logging
+from fedge.cli_common import EXIT_OK, EXIT_USAGE, add_security_flags, setup_logging
 from fedge.config import AgentConfig, load
+from fedge.credentials import mqtt_auth
 from fedge.errors import FedgeError
 from fedge.mqtt import BrokerAddress
+from fedge.signing import load_verify_key
 
 log = logging.getLogger("fedge.agent")
 
 EXAMPLE = """example (a device with its own data):
   fedge-agent --broker gateway.local:1883 --federation lab --client-id pi-kitchen \\
       --data /var/lib/fedge/data.npz --state-dir /var/lib/fedge/agent
+
+a device of a secure site (its folder from `fedge-broker init`: TLS, password, signed models):
+  fedge-agent --config /etc/fedge/agent.toml --data /var/lib/fedge/data.npz \\
+      --state-dir /var/lib/fedge/agent
 
 The data file is an .npz with x (n_samples x n_features, float) and y (n_samples, int labels).
 exit codes: 0 stopped, 2 bad configuration or data"""
@@ -46,6 +52,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--client-index", type=int, help="emulation: this client's share")
     p.add_argument("--seed", type=int)
     p.add_argument("--keepalive", type=int)
+    add_security_flags(p)
+    p.add_argument("--verify-key", help="the aggregator's public key: refuse unsigned models")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -79,20 +87,29 @@ def main(argv: list[str] | None = None) -> int:
             y,
             seed=config.seed,
             state_dir=Path(config.state_dir),
+            verify_key=load_verify_key(config.verify_key) if config.verify_key else None,
         )
+        auth = mqtt_auth(config)
     except FedgeError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    runtime = AgentRuntime(BrokerAddress.parse(config.broker), [agent], keepalive=config.keepalive)
+    runtime = AgentRuntime(
+        BrokerAddress.parse(config.broker),
+        [agent],
+        keepalive=config.keepalive,
+        auth={config.client_id: auth},
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     runtime.start()
     log.info(
-        "agent %s: %d local examples, broker %s",
+        "agent %s: %d local examples, broker %s%s%s",
         config.client_id,
         agent.num_examples,
         config.broker,
+        " (TLS)" if auth.tls else "",
+        ", signed models only" if agent.verify_key else "",
     )
     stop.wait()
     runtime.stop()

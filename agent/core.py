@@ -31,6 +31,7 @@ from fedge.codecs import Pipeline
 from fedge.errors import FedgeError, ModelError, WireError
 from fedge.models import Model, model_from_spec
 from fedge.protocol import is_sampled
+from fedge.signing import VerifyKey, open_signed
 from fedge.statefile import read_msgpack, write_msgpack
 from fedge.wire import Global, Limits, Metrics, Task, Update, encode, unpack
 
@@ -69,6 +70,7 @@ class AgentCore:
         seed: int = 0,
         state_dir: str | Path | None = None,
         limits: Limits | None = None,
+        verify_key: VerifyKey | None = None,
     ) -> None:
         if len(x) == 0 or len(x) != len(y):
             raise FedgeError(f"{client_id}: local data must be non-empty with len(x) == len(y)")
@@ -78,6 +80,7 @@ class AgentCore:
         self.seed = seed
         self.state_dir = Path(state_dir) if state_dir else None
         self.limits = limits or Limits(max_bytes=64 * 1024 * 1024)
+        self.verify_key = verify_key  # set: task and global must be signed by the aggregator
         self.task: Task | None = None
         self.model: Model | None = None
         self.problem = ""  # why this agent cannot train the current task, if it cannot
@@ -102,7 +105,8 @@ class AgentCore:
 
     def on_task(self, payload: bytes) -> None:
         try:
-            task = Task.from_wire(unpack(payload, self.limits), self.limits)
+            inner = open_signed(payload, self.verify_key, self.limits)
+            task = Task.from_wire(unpack(inner, self.limits), self.limits)
             if task.federation != self.federation:
                 raise WireError(f"task for federation {task.federation!r}", reason="federation")
             try:
@@ -143,7 +147,8 @@ class AgentCore:
             return None
         task, model = self.task, self.model
         try:
-            message = Global.from_wire(unpack(payload, self.limits), task.layout, self.limits)
+            inner = open_signed(payload, self.verify_key, self.limits)
+            message = Global.from_wire(unpack(inner, self.limits), task.layout, self.limits)
             if message.federation != self.federation:
                 raise WireError("global for another federation", reason="federation")
             if message.model != task.model:

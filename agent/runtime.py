@@ -15,10 +15,11 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from agent.core import AgentCore, TrainJob
+from fedge.credentials import NO_AUTH, MqttAuth
 from fedge.errors import FedgeError
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session, Will
 from fedge.protocol import Kind, Topics
@@ -35,10 +36,12 @@ class AgentRuntime:
         *,
         keepalive: int = 30,
         train_threads: int = 1,
+        auth: Mapping[str, MqttAuth] | None = None,
     ) -> None:
         self.broker = broker
         self.agents = list(agents)
         self.keepalive = keepalive
+        self.auth = dict(auth or {})  # per client id: username, password, TLS files
         self.loop = NetworkLoop("agents-mqtt")
         self.trainer = ThreadPoolExecutor(
             max_workers=train_threads, thread_name_prefix="agent-train"
@@ -77,6 +80,7 @@ class AgentRuntime:
             self.broker,
             subscriptions=[(topics.task, 0), (topics.global_model, 0)],
             on_message=lambda message, a=agent: self._on_message(a, message),
+            **self.auth.get(agent.client_id, NO_AUTH).session_args(),
             on_connect=lambda a=agent: self._publish_status(a, "online"),
             will=Will(topics.status(agent.client_id), encode(will), qos=1, retain=True),
             keepalive=self.keepalive,

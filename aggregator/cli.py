@@ -8,7 +8,13 @@ import signal
 import threading
 
 from aggregator.daemon import Aggregator
-from fedge.cli_common import CODEC_HELP, EXIT_FAILED, EXIT_USAGE, setup_logging
+from fedge.cli_common import (
+    CODEC_HELP,
+    EXIT_FAILED,
+    EXIT_USAGE,
+    add_security_flags,
+    setup_logging,
+)
 from fedge.config import AggregatorConfig, load
 from fedge.errors import FedgeError
 
@@ -17,6 +23,9 @@ log = logging.getLogger("fedge.aggregator")
 EXAMPLE = """example:
   fedge-aggregator --broker 127.0.0.1:1883 --federation lab --dataset digits \\
       --model mlp --rounds 20 --state-dir /var/lib/fedge/aggregator --history rounds.jsonl
+
+on a secure site (`fedge-broker init`): TLS, its password, and it signs task and global:
+  fedge-aggregator --config site/aggregator/aggregator.toml --dataset digits --rounds 20
 
 exit codes: 0 done or stopped, 1 failed, 2 bad configuration"""
 
@@ -88,6 +97,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="send the .tflite file in the task, so devices need not have it",
     )
+    add_security_flags(p)
+    p.add_argument("--signing-key", help="Ed25519 private key (mode 0600): sign task and global")
     p.add_argument("--log-level", default="INFO")
     return p
 

@@ -21,9 +21,10 @@ import numpy as np
 from aggregator import checkpoint
 from aggregator.acks import AckLedger
 from aggregator.rounds import RoundRules, RoundState
-from fedge import history
+from fedge import history, signing
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
+from fedge.credentials import mqtt_auth
 from fedge.errors import ConfigError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
@@ -95,6 +96,8 @@ class Aggregator:
         self.on_round = on_round
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
+        self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
+        self.signer = signing.load_signing_key(config.signing_key) if config.signing_key else None
         codec = Pipeline(config.codec)
         if codec.sent_as() != codec.name:
             log.warning(
@@ -208,6 +211,7 @@ class Aggregator:
             Session(
                 self.config.mqtt_client_id,
                 BrokerAddress.parse(self.config.broker),
+                **self.auth.session_args(),
                 subscriptions=[(self.topics.all_updates, 1), (self.topics.all_status, 1)],
                 on_message=self._inbox.put,
                 clean_session=False,  # the broker keeps what we have not acknowledged
@@ -242,7 +246,9 @@ class Aggregator:
             model_file=self._model_file(),
         )
         assert self._session is not None
-        self._session.publish(self.topics.task, encode(task), qos=1, retain=True)
+        self._session.publish(
+            self.topics.task, signing.seal(encode(task), self.signer), qos=1, retain=True
+        )
 
     def _model_file(self) -> bytes:
         """The .tflite bytes for the task when ``ship_model`` is on (else nothing)."""
@@ -276,7 +282,8 @@ class Aggregator:
             weights_codec=self.rules.downlink,
         )
         assert self._session is not None
-        return self._session.publish(self.topics.global_model, encode(message), qos=1, retain=True)
+        payload = signing.seal(encode(message), self.signer)  # signed over these exact bytes
+        return self._session.publish(self.topics.global_model, payload, qos=1, retain=True)
 
     def _new_round(self, round_number: int, weights: Params, deadline_ms: int) -> RoundState:
         return RoundState(

@@ -6,6 +6,7 @@ Exit codes: 0 success, 1 the federation failed, 2 bad usage or configuration,
 
 from __future__ import annotations
 
+import argparse
 import logging
 import os
 import sys
@@ -29,3 +30,14 @@ def setup_logging(level: str = "INFO") -> None:
         stream=sys.stderr,
         force=True,
     )
+
+
+def add_security_flags(parser: argparse.ArgumentParser) -> None:
+    """The flags both daemons take for a secured broker (secrets only as file paths)."""
+    parser.add_argument("--username", help="MQTT username")
+    parser.add_argument(
+        "--password-file", help="file whose first line is the MQTT password (mode 0600)"
+    )
+    parser.add_argument("--ca-file", help="CA certificate of the broker: TLS on")
+    parser.add_argument("--cert-file", help="TLS client certificate")
+    parser.add_argument("--key-file", help="TLS client key (mode 0600)")

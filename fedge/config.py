@@ -52,6 +52,13 @@ class AggregatorConfig:
     round_timeout_s: float = 60.0
     max_update_norm: float = 0.0
     max_update_bytes: int = 4 * 1024 * 1024
+    # a secured site (fedge-broker init): relative paths are relative to the config file
+    username: str = ""
+    password_file: str = ""  # first line is the MQTT password; mode 0600
+    ca_file: str = ""  # TLS on when set: the CA that signed the broker's certificate
+    cert_file: str = ""  # optional TLS client certificate ...
+    key_file: str = ""  # ... and its private key (mode 0600)
+    signing_key: str = ""  # Ed25519 private key (PEM, mode 0600): task and global are signed
     history: str = ""
     ship_model: bool = False  # put the model file (.tflite) into the retained task
     short_round: str = "extend"  # deadline without quorum: extend | rerun (drop and retrain)
@@ -133,6 +140,7 @@ class AggregatorConfig:
             self.dataset,
             "a dataset name, test_data, or n_features + n_classes",
         )
+        _check_secured(self)
 
 
 @dataclass(frozen=True)
@@ -148,6 +156,13 @@ class AgentConfig:
     client_index: int = 0
     seed: int = 0
     keepalive: int = 30
+    # a secured site (fedge-broker init): relative paths are relative to the config file
+    username: str = ""  # must equal client_id: the broker's ACL is by username
+    password_file: str = ""  # first line is the MQTT password; mode 0600
+    ca_file: str = ""  # TLS on when set: the CA that signed the broker's certificate
+    cert_file: str = ""  # optional TLS client certificate ...
+    key_file: str = ""  # ... and its private key (mode 0600)
+    verify_key: str = ""  # the aggregator's Ed25519 public key: refuse unsigned task/global
 
     def validate(self) -> None:
         _check_broker(self.broker)
@@ -167,6 +182,13 @@ class AgentConfig:
             "0 <= client_index < num_clients",
         )
         _check(5 <= self.keepalive <= 3600, "keepalive", self.keepalive, "5..3600 seconds")
+        _check(
+            not self.username or self.username == self.client_id,
+            "client_id",
+            self.client_id,
+            f"the username {self.username!r} (the broker's ACL is by username)",
+        )
+        _check_secured(self)
 
 
 def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None = None) -> C:
@@ -182,6 +204,7 @@ def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+        values = _relative_to(values, Path(path).parent)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return _build(cls, values, source)
 
@@ -214,6 +237,41 @@ def replace_checked(config: C, **changes: Any) -> C:
 def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
     if not ok:
         raise ConfigError(f"key {key!r}: {value!r} is not allowed; expected {allowed}")
+
+
+FILE_KEYS = ("password_file", "ca_file", "cert_file", "key_file", "signing_key", "verify_key")
+"""Keys naming security files: relative to their config file, so a device folder can move."""
+
+
+def _relative_to(values: dict[str, Any], base: Path) -> dict[str, Any]:
+    out = dict(values)
+    for key in FILE_KEYS:
+        value = out.get(key)
+        if isinstance(value, str) and value and not Path(value).is_absolute():
+            out[key] = str(base / value)
+    return out
+
+
+def _check_secured(config: Any) -> None:
+    """TLS and credential keys that only make sense together."""
+    _check(
+        not config.password_file or bool(config.username),
+        "password_file",
+        config.password_file,
+        "a username to go with it",
+    )
+    _check(
+        bool(config.cert_file) == bool(config.key_file),
+        "cert_file",
+        config.cert_file,
+        "cert_file and key_file together",
+    )
+    _check(
+        not config.cert_file or bool(config.ca_file),
+        "ca_file",
+        config.ca_file,
+        "a CA file whenever a client certificate is used",
+    )
 
 
 def _check_broker(text: str) -> None:

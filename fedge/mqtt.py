@@ -24,6 +24,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 
+from fedge.credentials import TlsFiles
 from fedge.errors import BrokerError
 
 log = logging.getLogger(__name__)
@@ -88,6 +89,7 @@ class Session:
         clean_session: bool = True,
         username: str | None = None,
         password: str | None = None,
+        tls: TlsFiles | None = None,
         min_backoff: float = 0.5,
         max_backoff: float = 30.0,
         max_queued: int = 1000,
@@ -116,6 +118,8 @@ class Session:
         )
         if username is not None:
             client.username_pw_set(username, password)
+        if tls is not None:  # verifies the broker's certificate and host name
+            client.tls_set(tls.ca_file, tls.cert_file or None, tls.key_file or None)
         if will is not None:
             client.will_set(will.topic, will.payload, qos=will.qos, retain=will.retain)
         client.max_queued_messages_set(max_queued)
@@ -187,6 +191,15 @@ class Session:
     def _socket_wrote_all(self, client: paho.Client, userdata: object, sock: Any) -> None:
         if self._loop is not None:
             self._loop._want(sock, False)
+
+    def _read(self) -> None:
+        """Read, then what TLS already decrypted: select() cannot see those buffered bytes."""
+        self._client.loop_read()
+        for _ in range(10_000):  # bounded: every read consumes buffered bytes
+            sock = self._client.socket()
+            if sock is None or not getattr(sock, "pending", lambda: 0)():
+                return
+            self._client.loop_read()
 
     def _do_publish(
         self, topic: str, payload: bytes, qos: int, retain: bool, future: Future[None]
@@ -381,7 +394,7 @@ class NetworkLoop:
                     continue
                 session = key.data
                 if events & selectors.EVENT_READ:
-                    _safely(session._client.loop_read, session.client_id)
+                    _safely(session._read, session.client_id)
                 if events & selectors.EVENT_WRITE and session._client.socket() is not None:
                     _safely(session._client.loop_write, session.client_id)
         self._drain_calls()

@@ -34,6 +34,8 @@ class Reason(str, Enum):
     SHAPE = "shape"  # tensor names, order or shapes differ from the model
     NONFINITE = "nonfinite"  # NaN or Inf in a tensor, scale or metric
     DUPLICATE = "duplicate"  # a second update from the same client for the same round
+    UNSIGNED = "unsigned"  # a plain task/global where a signed one is required
+    SIGNATURE = "signature"  # signed by another key, or the signature does not verify
     NORM = "norm"  # update norm above the configured bound
     UNKNOWN = "unknown_client"  # a client id the receiver has not enrolled
 

@@ -22,6 +22,8 @@ from typing import Any
 
 from aggregator.daemon import Aggregator
 from broker import LocalBroker
+from broker.site import init_site
+from broker.site_broker import SiteBroker
 from fedge.cli_common import (
     CODEC_HELP,
     EXIT_FAILED,
@@ -34,6 +36,7 @@ from fedge.config import AggregatorConfig, load
 from fedge.errors import FedgeError
 from fleet.baseline import centralised_baseline
 from fleet.progress import RoundPrinter
+from fleet.worker import client_name
 
 log = logging.getLogger("fedge.fleet")
 
@@ -86,6 +89,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also train the same model on all training data and print its accuracy",
     )
+    p.add_argument(
+        "--secure",
+        action="store_true",
+        help="a secure site: TLS, a password and ACL per agent, signed task and global",
+    )
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -96,7 +104,12 @@ class Fleet:
     def __init__(self, args: argparse.Namespace, workdir: Path) -> None:
         self.args = args
         self.workdir = workdir
+        self.site_dir = workdir / "site" if args.secure else None
         self.broker = LocalBroker(workdir=workdir / "broker")
+        if self.site_dir is not None:  # every agent gets its own provisioned device folder
+            names = [client_name(i) for i in range(args.clients)]
+            init_site(self.site_dir, "fleet", names)
+            self.broker = SiteBroker(self.site_dir)
         self.workers: list[subprocess.Popen[bytes]] = []
 
     def start_workers(self) -> None:
@@ -134,6 +147,8 @@ class Fleet:
                 "--log-level",
                 self.args.log_level,
             ]
+            if self.site_dir is not None:
+                cmd += ["--site", str(self.site_dir)]
             with open(logs / f"worker-{w}.log", "wb") as out:
                 self.workers.append(
                     subprocess.Popen(
@@ -158,10 +173,13 @@ class Fleet:
         self.broker.stop()
 
 
-def aggregator_config(args: argparse.Namespace, workdir: Path, broker: str) -> AggregatorConfig:
+def aggregator_config(
+    args: argparse.Namespace, workdir: Path, broker: str, site_dir: Path | None = None
+) -> AggregatorConfig:
+    """The run's settings; in a secure run on top of the site's own aggregator.toml."""
     return load(
         AggregatorConfig,
-        None,
+        site_dir / "aggregator" / "aggregator.toml" if site_dir else None,
         {
             "broker": broker,
             "federation": "fleet",
@@ -223,10 +241,11 @@ def run(
     interrupted: threading.Event,
 ) -> int:
     fleet.broker.start()
-    config = aggregator_config(args, workdir, fleet.broker.address)
+    config = aggregator_config(args, workdir, fleet.broker.address, fleet.site_dir)
     printer = RoundPrinter(args.rounds, args.clients)
     aggregator = Aggregator(config, on_round=printer.line)
-    printer.header(args, aggregator, fleet.broker.address)
+    secure = " (TLS, a password and ACL per agent, signed models)" if args.secure else ""
+    printer.header(args, aggregator, fleet.broker.address + secure)
     if args.centralised_baseline:
         printer.baseline(centralised_baseline(args))
     fleet.start_workers()

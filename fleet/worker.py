@@ -15,14 +15,27 @@ from pathlib import Path
 from agent.core import AgentCore
 from agent.runtime import AgentRuntime
 from fedge.cli_common import setup_logging
+from fedge.config import AgentConfig, load
+from fedge.credentials import MqttAuth, mqtt_auth
 from fedge.data import emulated_split
 from fedge.mqtt import BrokerAddress
+from fedge.signing import VerifyKey, load_verify_key
 
 log = logging.getLogger("fedge.fleet.worker")
 
 
 def client_name(index: int) -> str:
     return f"client-{index:04d}"
+
+
+def device_security(args: argparse.Namespace, name: str) -> tuple[MqttAuth, VerifyKey]:
+    """Credentials and verify key from the device's provisioned folder, as a device reads them."""
+    config = load(
+        AgentConfig,
+        Path(args.site) / "devices" / name / "agent.toml",
+        {"broker": args.broker, "dataset": args.dataset},
+    )
+    return mqtt_auth(config), load_verify_key(config.verify_key)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,13 +48,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--indices", required=True, help="comma-separated client indices")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--state-root", required=True)
+    p.add_argument("--site", help="a secure site: each agent uses its devices/<name>/ folder")
     p.add_argument("--log-level", default="WARNING")
     args = p.parse_args(argv)
     setup_logging(args.log_level)
     data, parts = emulated_split(args.dataset, args.num_clients, args.partition, seed=args.seed)
-    agents = []
+    agents, auth = [], {}
     for index in (int(i) for i in args.indices.split(",") if i):
         rows = parts[index]
+        verify_key = None
+        if args.site:
+            auth[client_name(index)], verify_key = device_security(args, client_name(index))
         agents.append(
             AgentCore(
                 client_name(index),
@@ -50,9 +67,10 @@ def main(argv: list[str] | None = None) -> int:
                 data.y_train[rows],
                 seed=args.seed + index,
                 state_dir=Path(args.state_root) / client_name(index),
+                verify_key=verify_key,
             )
         )
-    runtime = AgentRuntime(BrokerAddress.parse(args.broker), agents)
+    runtime = AgentRuntime(BrokerAddress.parse(args.broker), agents, auth=auth)
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Set up this checkout on a fresh Debian/Ubuntu machine: Mosquitto (if missing) and a
-# virtualenv .venv with fedge installed editable with the given extras.
+# Set up this checkout on a fresh Debian/Ubuntu machine: Mosquitto and its clients (if missing),
+# and a virtualenv .venv with fedge installed editable with the given extras.
 #   bash scripts/setup.sh fleet     # to emulate a fleet
 #   bash scripts/setup.sh dev       # to run the tests
 set -euo pipefail
@@ -9,10 +9,11 @@ extras="${1:-fleet}"
 
 as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
-if ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; then
-    echo "setup: installing mosquitto (Debian package)"
+if { ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; } \
+    || ! command -v mosquitto_sub >/dev/null 2>&1; then
+    echo "setup: installing mosquitto and mosquitto-clients (Debian packages)"
     as_root apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients
 fi
 
 if [ ! -x .venv/bin/python ]; then
