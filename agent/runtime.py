@@ -12,6 +12,7 @@ out when the retained global shows its round is still open.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -79,13 +80,16 @@ class AgentRuntime:
             agent.client_id,
             self.broker,
             subscriptions=[(topics.task, 0), (topics.global_model, 0)],
-            on_message=lambda message, a=agent: self._on_message(a, message),
+            on_message=functools.partial(self._on_message, agent),
             **self.auth.get(agent.client_id, NO_AUTH).session_args(),
-            on_connect=lambda a=agent: self._publish_status(a, "online"),
+            on_connect=functools.partial(self._say_online, agent),
             will=Will(topics.status(agent.client_id), encode(will), qos=1, retain=True),
             keepalive=self.keepalive,
             clean_session=False,
         )
+
+    def _say_online(self, agent: AgentCore) -> None:
+        self._publish_status(agent, "online")
 
     def _publish_status(self, agent: AgentCore, state: str, detail: str = "") -> Future[None]:
         if agent.problem and state == "online":

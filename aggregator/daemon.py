@@ -6,21 +6,20 @@ the aggregation state. A rejected message is logged once, counted and otherwise 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import queue
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from aggregator import checkpoint
 from aggregator.acks import AckLedger
-from aggregator.rounds import RoundRules, RoundState
+from aggregator.enrolment import Enrolment
+from aggregator.evaluation import resolve_dimensions
+from aggregator.rounds import RoundRules, RoundState, round_record
 from fedge import history, signing
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
@@ -29,7 +28,7 @@ from fedge.errors import ConfigError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
-from fedge.protocol import Kind, Topics, valid_name
+from fedge.protocol import Kind, Topics
 from fedge.wire import (
     Global,
     Hyper,
@@ -48,44 +47,6 @@ log = logging.getLogger(__name__)
 RESTORE_SETTLE_S = 5.0  # after a restart, time for the broker's backlog to arrive
 
 
-@dataclass(frozen=True)
-class EvalData:
-    x: np.ndarray
-    y: np.ndarray
-
-
-def resolve_dimensions(config: AggregatorConfig) -> tuple[int, int, EvalData | None]:
-    """(n_features, n_classes, held-out data) from the dataset, the test file or the config."""
-    if config.dataset:
-        from fedge.data import load_dataset
-
-        data = load_dataset(config.dataset, seed=config.seed)
-        return data.n_features, data.n_classes, EvalData(data.x_test, data.y_test)
-    if config.test_data:
-        from fedge.data import load_npz
-
-        x, y = load_npz(
-            config.test_data,
-            n_features=config.n_features or None,
-            n_classes=config.n_classes or None,
-        )
-        return x.shape[1], config.n_classes or int(y.max()) + 1, EvalData(x, y)
-    return config.n_features, config.n_classes, None
-
-
-def read_clients_file(path: str) -> frozenset[str]:
-    """Enrolled client ids, one per line (``#`` comments); updates from others are refused."""
-    try:
-        lines = Path(path).read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise ConfigError(f"key 'clients_file': cannot read {path}: {exc}") from None
-    clients = {line.split("#", 1)[0].strip() for line in lines} - {""}
-    bad = sorted(c for c in clients if not valid_name(c))
-    if bad:
-        raise ConfigError(f"key 'clients_file': {path}: not client ids: {', '.join(bad[:5])}")
-    return frozenset(clients)
-
-
 class Aggregator:
     """Runs synchronous FedAvg rounds for one federation until ``rounds`` or ``stop``."""
 
@@ -98,6 +59,7 @@ class Aggregator:
         self.limits = Limits(max_bytes=config.max_update_bytes)
         self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
         self.signer = signing.load_signing_key(config.signing_key) if config.signing_key else None
+        self.enrolment = Enrolment(config.clients_file)
         codec = Pipeline(config.codec)
         if codec.sent_as() != codec.name:
             log.warning(
@@ -112,7 +74,7 @@ class Aggregator:
             codec.sent_as(),
             config.downlink,
             config.short_round,
-            read_clients_file(config.clients_file) if config.clients_file else None,
+            self.enrolment.clients,
         )
         n_features, n_classes, self.eval_data = resolve_dimensions(config)
         self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
@@ -301,12 +263,18 @@ class Aggregator:
         self, round_number: int, weights: Params, metrics: dict[str, float] | None = None
     ) -> None:
         """A new attempt at a round: on disk before its global is out, so a restart knows it."""
+        self._reload_clients()
         self.round = self._new_round(
             round_number, weights, now_ms() + int(self.rules.round_timeout_s * 1000)
         )
         self._save_round()
         self._publish_open_round(metrics)
         log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
+
+    def _reload_clients(self) -> None:
+        clients = self.enrolment.changed()
+        if clients is not None:
+            self.rules = dataclasses.replace(self.rules, clients=clients)
 
     def _restore_round(self, round_number: int, weights: Params, snapshot: dict[str, Any]) -> None:
         """Resume the round a crash interrupted: same attempt, same folded updates. The
@@ -422,7 +390,9 @@ class Aggregator:
         metrics = self._evaluate(weights)
         next_round = state.round + 1
         final = bool(self.config.rounds) and state.round >= self.config.rounds
-        record = self._record(state, metrics, weights)
+        record = round_record(
+            state, metrics, weights, time.monotonic() - self._round_started, self.rejections
+        )
         checkpoint.save(
             self.config.state_dir,
             checkpoint.Checkpoint(
@@ -447,29 +417,6 @@ class Aggregator:
         )
         if self.on_round is not None:
             self.on_round(record)
-
-    def _record(
-        self, state: RoundState, metrics: dict[str, float], weights: Params
-    ) -> dict[str, Any]:
-        """The round's history line."""
-        return {
-            "round": state.round,
-            "opened": state.opened_ms,
-            "clients": state.count,
-            "contributors": sorted(state.contributors),
-            "examples": int(sum(state.contributors.values())),
-            "accuracy": metrics.get("accuracy"),
-            "loss": metrics.get("loss"),
-            "params": num_parameters(weights),
-            "uplink_bytes": state.uplink_bytes,
-            "float32_bytes": state.float32_bytes,
-            "seconds": round(time.monotonic() - self._round_started, 3),
-            "rejected": dict(state.rejected),
-            "rejected_total": dict(self.rejections),
-            "extensions": state.extensions,
-            "codec": self.rules.codec,
-            "ts": now_ms(),
-        }
 
     def _evaluate(self, weights: Params) -> dict[str, float]:
         if self.eval_data is None:

@@ -240,3 +240,31 @@ def float32_delta_size(global_weights: Params) -> int:
         P.zeros_like(global_weights), Pipeline("float32"), np.random.default_rng()
     )
     return len(pack({"delta": wire}))
+
+
+def round_record(
+    state: RoundState,
+    metrics: Mapping[str, float],
+    weights: Params,
+    seconds: float,
+    rejected_total: Mapping[str, int],
+) -> dict[str, Any]:
+    """The closed round's history line (README, "The history file")."""
+    return {
+        "round": state.round,
+        "opened": state.opened_ms,
+        "clients": state.count,
+        "contributors": sorted(state.contributors),
+        "examples": int(sum(state.contributors.values())),
+        "accuracy": metrics.get("accuracy"),
+        "loss": metrics.get("loss"),
+        "params": P.num_parameters(weights),
+        "uplink_bytes": state.uplink_bytes,
+        "float32_bytes": state.float32_bytes,
+        "seconds": round(seconds, 3),
+        "rejected": dict(state.rejected),
+        "rejected_total": dict(rejected_total),
+        "extensions": state.extensions,
+        "codec": state.rules.codec,
+        "ts": now_ms(),
+    }

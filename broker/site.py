@@ -26,6 +26,7 @@ from broker.site_files import (
     agent_toml,
     aggregator_toml,
     render_acl,
+    render_clients,
     render_mosquitto_conf,
 )
 from fedge.errors import BrokerError
@@ -44,6 +45,7 @@ class SiteFiles:
     SIGNING_KEY = "signing.key"
     CLIENT_CERT = "client.crt"
     CLIENT_KEY = "client.key"
+    CLIENTS = "clients.txt"
 
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -176,9 +178,12 @@ def revoke_devices(root: str | Path, devices: Iterable[str]) -> Site:
 
 
 def save_site(site: Site) -> None:
-    """site.json, the ACL and mosquitto.conf, each replaced atomically."""
+    """site.json, the ACL, mosquitto.conf and the aggregator's list of enrolled clients, each
+    replaced atomically."""
     files = site.files
     _replace(files.site_json, site.to_json())
+    if files.aggregator.is_dir():
+        _replace(files.aggregator / files.CLIENTS, render_clients(site))
     _replace(files.acl, render_acl(site))
     _replace(files.conf, render_mosquitto_conf(site))
 

@@ -126,6 +126,12 @@ def _toml(value: object) -> str:
     return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
+def render_clients(site: Site) -> str:
+    """The aggregator's ``clients_file``: updates from anyone else are refused."""
+    header = "# enrolled devices, written by fedge-broker (add-device / revoke-device)\n"
+    return header + "".join(f"{device}\n" for device in site.devices)
+
+
 def agent_toml(site: Site, device: str) -> str:
     files = site.files
     values: dict[str, object] = {
@@ -159,6 +165,7 @@ def aggregator_toml(site: Site) -> str:
         "password_file": files.PASSWORD,
         "ca_file": files.CA_NAME,
         "signing_key": files.SIGNING_KEY,
+        "clients_file": files.CLIENTS,
     }
     if site.client_certs:
         values["cert_file"] = files.CLIENT_CERT

@@ -239,7 +239,15 @@ def _check(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(f"key {key!r}: {value!r} is not allowed; expected {allowed}")
 
 
-FILE_KEYS = ("password_file", "ca_file", "cert_file", "key_file", "signing_key", "verify_key")
+FILE_KEYS = (
+    "password_file",
+    "ca_file",
+    "cert_file",
+    "key_file",
+    "signing_key",
+    "verify_key",
+    "clients_file",
+)
 """Keys naming security files: relative to their config file, so a device folder can move."""
 
 

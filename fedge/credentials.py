@@ -45,13 +45,19 @@ NO_AUTH = MqttAuth()
 
 
 class SecuredConfig(Protocol):
-    """The keys AgentConfig and AggregatorConfig share for talking to a secured broker."""
+    """The keys AgentConfig and AggregatorConfig share for talking to a secured broker
+    (read-only: the configs are frozen dataclasses)."""
 
-    username: str
-    password_file: str
-    ca_file: str
-    cert_file: str
-    key_file: str
+    @property
+    def username(self) -> str: ...
+    @property
+    def password_file(self) -> str: ...
+    @property
+    def ca_file(self) -> str: ...
+    @property
+    def cert_file(self) -> str: ...
+    @property
+    def key_file(self) -> str: ...
 
 
 def check_private(path: str | Path, key: str) -> Path:

@@ -103,6 +103,7 @@ def test_a_device_folder_is_a_complete_config_wherever_it_is_copied(tmp_path: Pa
     assert Path(config.verify_key).read_bytes() == site.files.verify_key.read_bytes()
     agg = load(AggregatorConfig, site.files.aggregator / "aggregator.toml", {"dataset": "digits"})
     assert agg.signing_key == str(site.files.aggregator / "signing.key")
+    assert agg.clients_file == str(site.files.aggregator / "clients.txt")
 
 
 def test_add_and_revoke_leave_the_other_devices_untouched(tmp_path: Path) -> None:
@@ -118,6 +119,10 @@ def test_add_and_revoke_leave_the_other_devices_untouched(tmp_path: Path) -> Non
     assert load_site(root).devices == ("device-001", "pi-new")
     assert not (root / "devices" / "device-002").exists()
     assert "device-002" not in (root / "acl").read_text()
+    from aggregator.enrolment import read_clients_file
+
+    enrolled = read_clients_file(str(root / "aggregator" / "clients.txt"))
+    assert enrolled == {"device-001", "pi-new"}  # the aggregator refuses anyone else
     assert main(["add-device", str(root), "pi-new"]) == 2  # already enrolled
     assert main(["add-device", str(root), "aggregator"]) == 2  # reserved
     assert main(["revoke-device", str(root), "nobody"]) == 2
