@@ -84,3 +84,21 @@ def test_a_failed_save_acknowledges_nothing() -> None:
     with pytest.raises(OSError):
         acks.settle()
     assert rec.events == [] and acks.unsaved == 1
+
+
+def test_enrolment_follows_rewrites_of_the_clients_file_and_survives_a_bad_one(tmp_path) -> None:
+    import os
+
+    from aggregator.enrolment import Enrolment
+
+    path = tmp_path / "clients.txt"
+    path.write_text("# devices\ndev-a\ndev-b  # the garage\n")
+    enrolment = Enrolment(str(path))
+    assert enrolment.clients == {"dev-a", "dev-b"} and enrolment.changed() is None
+    path.write_text("dev-a\ndev-c\n")
+    os.utime(path, ns=(1, 10**18))  # a rewrite within the same clock tick still shows
+    assert enrolment.changed() == {"dev-a", "dev-c"}
+    path.write_text("dev-a\nnot/a/name\n")
+    os.utime(path, ns=(1, 2 * 10**18))
+    assert enrolment.changed() is None and enrolment.clients == {"dev-a", "dev-c"}
+    assert Enrolment("").clients is None  # no list: everyone may send
