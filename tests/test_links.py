@@ -299,3 +299,29 @@ def test_a_half_open_agent_that_never_returns_holds_the_round_only_to_its_deadli
     assert set(record["contributors"]) == f.ids(0, 1)
     assert record["extensions"] == 0
     assert f.timeout_ms - 200 <= took <= f.timeout_ms + 1000  # it waited, and not longer
+
+
+@pytest.mark.timeout(30)
+def test_an_update_in_flight_when_its_round_closed_does_not_hold_back_the_next_one(
+    fleet, record_property
+) -> None:
+    """Regression: the runtime sent one update at a time and, when the broker acknowledged
+    a late one, did not send the update staged meanwhile, so it waited for the next global."""
+    f = fleet("late", 2, rounds=2, min_clients=1, round_timeout_s=2.0).start_agents()
+    f.proxies[1].delay(1.5)  # congested: agent 1's round-1 update lands after the deadline
+    f.start_aggregator()
+    link = f.proxies[1]
+    wait_for(lambda: f.agents[1].pending is not None, 10, "agent 1's round-1 update")
+    size = len(f.agents[1].pending.update)  # type: ignore[union-attr]
+    wait_for(lambda: link.received_up - link.bytes_up >= size, 5, "the update held in the link")
+    link.restore()  # the congestion clears; what is already queued still arrives late
+    wait_for(lambda: bool(f.records), 10, "round 1 to close at its deadline")
+    assert f.records[0]["contributors"] == sorted(f.ids(0))
+    wait_for(lambda: len(f.records) == 2, 10, "round 2 to close")
+    second = f.records[1]
+    took = int(second["ts"] - second["opened"])
+    for name, value in (("counted", second["clients"]), ("round_ms", took)):
+        record_property(name, value)
+    assert second["contributors"] == sorted(f.ids(0, 1)) and took < f.timeout_ms
+    assert second["rejected_total"].get("stale") == 1  # the late round-1 update, refused
+    wait_for(lambda: f.agents[1].last_trained == 2, 5, "agent 1's round-2 update acknowledged")
