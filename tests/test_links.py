@@ -13,6 +13,7 @@ and the fault strikes it there.
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,8 +27,9 @@ from agent.core import AgentCore
 from agent.runtime import AgentRuntime
 from aggregator.daemon import Aggregator
 from broker import LocalBroker
-from fedge.config import AggregatorConfig, load
+from fedge.config import AgentConfig, AggregatorConfig, load
 from fedge.data import load_dataset, partition
+from fedge.errors import ConfigError
 from fedge.mqtt import BrokerAddress
 from tests.faultproxy import FaultProxy
 from tests.helpers import wait_for
@@ -325,3 +327,16 @@ def test_an_update_in_flight_when_its_round_closed_does_not_hold_back_the_next_o
     assert second["contributors"] == sorted(f.ids(0, 1)) and took < f.timeout_ms
     assert second["rejected_total"].get("stale") == 1  # the late round-1 update, refused
     wait_for(lambda: f.agents[1].last_trained == 2, 5, "agent 1's round-2 update acknowledged")
+
+
+def test_an_agent_keepalive_is_one_the_projects_broker_accepts(broker) -> None:
+    """Regression: agents could be configured up to 3600 s, but Mosquitto >= 2.0.12 refuses an
+    MQTT 3.1.1 client whose keepalive exceeds the broker's max_keepalive (300 in our config)
+    with "identifier rejected", so such an agent would retry forever and never connect."""
+    rendered = (broker.workdir / "mosquitto.conf").read_text()
+    limit = int(re.findall(r"^max_keepalive (\d+)$", rendered, re.M)[0])
+    device = {"client_id": "dev", "data": "data.npz"}
+    assert load(AgentConfig, None, {**device, "keepalive": limit}).keepalive == limit
+    with pytest.raises(ConfigError, match="keepalive"):
+        load(AgentConfig, None, {**device, "keepalive": limit + 1})
+    assert load(AgentConfig, None, {**device, "keepalive": KEEPALIVE}).keepalive == KEEPALIVE
