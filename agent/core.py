@@ -165,7 +165,8 @@ class AgentCore:
             if (self.pending.round, self.pending.opened) == attempt:
                 return None  # trained already: the runtime sends the waiting update again
             log.warning(
-                "%s: dropping the unsent update for round %d: the aggregator moved on to round %d",
+                "%s: dropping the unacknowledged update for round %d: the aggregator moved on "
+                "to round %d",
                 self.client_id,
                 self.pending.round,
                 message.round,

@@ -185,12 +185,16 @@ class AgentRuntime:
         future = session.publish(topic, result.update, qos=1)
 
         def acknowledged(done: Future[None]) -> None:
+            failed = done.exception() is not None  # then it stays in the outbox for the next global
             with self._agent_locks[agent.client_id]:
                 self._sending.discard(agent.client_id)
-                if done.exception() is not None:
-                    return  # stays in the outbox; the next global sends it again
-                agent.committed(result.round, result.opened, result.residual)
-            with self._lock:
-                self.updates_sent += 1
+                if not failed:
+                    agent.committed(result.round, result.opened, result.residual)
+                newer = agent.pending is not None and agent.pending is not result
+            if not failed:
+                with self._lock:
+                    self.updates_sent += 1
+            if newer:  # staged while this one was on its way (a newer round): its turn now
+                self._send(agent)
 
         future.add_done_callback(acknowledged)

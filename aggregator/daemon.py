@@ -267,6 +267,7 @@ class Aggregator:
         self.round = self._new_round(
             round_number, weights, now_ms() + int(self.rules.round_timeout_s * 1000)
         )
+        self._round_started = time.monotonic()  # an extension keeps the clock running
         self._save_round()
         self._publish_open_round(metrics)
         log.info("round %d open (deadline in %.0fs)", round_number, self.rules.round_timeout_s)
@@ -288,6 +289,7 @@ class Aggregator:
         settle_ms = int(min(self.rules.round_timeout_s, RESTORE_SETTLE_S) * 1000)
         state.deadline_ms = max(state.deadline_ms, now_ms() + settle_ms)
         self.round = state
+        self._round_started = time.monotonic()
         log.info(
             "round %d resumed with %d updates folded (attempt %d)",
             state.round,
@@ -298,7 +300,6 @@ class Aggregator:
     def _publish_open_round(self, metrics: dict[str, float] | None = None) -> None:
         state = self.round
         assert state is not None
-        self._round_started = time.monotonic()
         self._publish_global(
             state.round,
             state.global_weights,
