@@ -1,7 +1,7 @@
 """msgpack envelopes: frozen message values with ``to_wire`` and a validating ``from_wire``.
 
-Every byte from the network passes ``unpack`` (bounded: size, string/bin/array/map lengths)
-and then one ``from_wire`` that checks every field's type and range. Any problem is a
+Every byte from the network passes ``unpack`` (bounded: size, string/bin/array/map lengths,
+nesting depth) and then one ``from_wire`` that checks every field's type and range. Any problem is a
 ``WireError`` whose ``reason`` is one of ``Reason``; nothing else escapes.
 Checks that need state (round, model hash, duplicates) belong to the receiver.
 """

@@ -69,6 +69,27 @@ def test_garbage_is_malformed(payload: bytes) -> None:
     assert info.value.reason == "malformed"
 
 
+def nested(depth: int, container: bytes = b"\x91") -> bytes:
+    """msgpack bytes of ``depth`` one-element arrays (``\x91``) or maps (``\x81\xa1k``)
+    around nil: deeper than msgpack's own packer will write."""
+    return container * depth + b"\xc0"
+
+
+@pytest.mark.parametrize("container", [b"\x91", b"\x81\xa1k"])
+@pytest.mark.parametrize("depth", [31, 32, 999, 1000, 1023])
+def test_deeply_nested_fields_are_malformed_not_a_recursion_error(
+    container: bytes, depth: int
+) -> None:
+    """Regression: a field nested ~1000 deep once escaped ``from_wire`` as a RecursionError
+    (from ``repr`` in the refusal message), which stopped the aggregator's thread."""
+    body = b"\x81\xa1v" + nested(depth, container)  # {"v": [[[...]]]}
+    for decode in (Update.from_wire, Task.from_wire, Status.from_wire, Metrics.from_wire):
+        with pytest.raises(WireError) as info:
+            decode(unpack(body))
+        # the message map is level 1: 31 more levels are within the limit of 32
+        assert info.value.reason == ("version" if depth <= 31 else "malformed")
+
+
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
