@@ -114,6 +114,31 @@ def test_update_field_errors_have_reasons(field: str, value: object, reason: str
     assert info.value.reason == reason
 
 
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("task", "layout", [["w", [2**28, 2**28, 2**28]]]),  # 2**84: int64 products wrap to 0
+        ("task", "layout", [["w", [2**16, 2**16, 2**16, 2**16]]]),
+        ("task", "hyper", {"epochs": 1, "batch_size": 1, "lr": 0.0}),
+        ("global", "fraction", 0.0),
+    ],
+)
+def test_values_outside_the_documented_ranges_are_malformed(
+    kind: str, field: str, value: object
+) -> None:
+    """Regression (found by tests/test_fuzz.py): these were accepted."""
+    if kind == "task":
+        message = Task("fed", "aggregator", MODEL, SPEC, LAYOUT, Hyper(2, 16, 0.05), "int8")
+    else:
+        message = Global("fed", 3, "aggregator", MODEL, weights(), 123, 0.5, 2)
+    wire = {**message.to_wire(), field: value}
+    with pytest.raises(WireError) as info:
+        (Task.from_wire if kind == "task" else lambda m: Global.from_wire(m, LAYOUT))(
+            unpack(pack(wire))
+        )
+    assert info.value.reason == "malformed"
+
+
 @given(st.binary(max_size=512))
 @settings(max_examples=1500, deadline=None)
 def test_random_bytes_never_escape_as_anything_but_wire_error(payload: bytes) -> None:
