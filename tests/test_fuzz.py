@@ -26,9 +26,12 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from agent.core import AgentCore
+from aggregator.daemon import Aggregator
 from aggregator.rounds import RoundRules, RoundState
 from fedge.codecs import Pipeline, accepted_names, decode_params, encode_params
+from fedge.config import AggregatorConfig, load
 from fedge.errors import WireError
+from fedge.mqtt import Incoming
 from fedge.params import content_hash
 from fedge.wire import (
     STATES,
@@ -239,3 +242,21 @@ def test_hostile_tasks_and_globals_are_counted_at_the_agent_and_never_escape(
     if outcome == "refused":
         assert sum(core.rejections.values()) == refused + 1
         assert core.task is task and core.current == (0, 0)
+
+
+def test_messages_on_update_and_status_topics_naming_no_valid_client_are_counted(
+    tmp_path,
+) -> None:
+    """Regression: ``fedge/<f>/update/`` (an empty level matches ``update/+``) and other
+    levels that are no client id were dropped uncounted; every update-topic message is now
+    accounted for in ``rejections``."""
+    values = {"federation": "fed", "model": "logreg", "n_features": 4, "n_classes": 3}
+    aggregator = Aggregator(load(AggregatorConfig, None, {**values, "state_dir": str(tmp_path)}))
+    aggregator.round = RoundState("fed", 1, weights(), MODEL, LAYOUT, aggregator.rules, 0)
+    for level in ("", "_x", "a b", "x" * 65, "é"):
+        for kind in ("update", "status"):
+            message = Incoming(f"fedge/fed/{kind}/{level}", b"\x80", False, 1)
+            assert aggregator.handle(message) is False
+    assert aggregator.rejections == {"sender": 5, "status:sender": 5}
+    assert aggregator.handle(Incoming("fedge/fed/metrics/", b"", False, 0)) is False
+    assert sum(aggregator.rejections.values()) == 10
