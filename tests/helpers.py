@@ -36,7 +36,7 @@ def delta(seed: int, scale: float = 0.1) -> Params:
 def update_payload(
     client: str,
     round_number: int,
-    base: Params,
+    base: Params | bytes,
     d: Params,
     *,
     codec: str = "float32",
@@ -51,7 +51,7 @@ def update_payload(
         round_number,
         client,
         MODEL,
-        content_hash(base),
+        base if isinstance(base, bytes) else content_hash(base),  # the global, or its hash
         num_examples,
         tensors,
         {"loss": 0.5},

@@ -46,7 +46,15 @@ from fedge.wire import (
     encode,
     unpack,
 )
-from tests.fuzzing import damaged, encode_any, examples, hostile, inner_mutated
+from tests.fuzzing import (
+    damaged,
+    encode_any,
+    examples,
+    hostile,
+    inner_mutated,
+    nested,
+    with_raw_field,
+)
 from tests.helpers import LAYOUT, MODEL, SPEC, delta, update_payload
 from tests.helpers import weights as _weights
 
@@ -105,7 +113,7 @@ def within_limits(kind: str, message: Any) -> None:
     """What an accepted message promises its receiver (docs/protocol.md)."""
     if kind == "task":
         assert 0 < len(message.layout) <= 256
-        assert all(0 < len(s) <= 8 and all(0 < d <= 2**28 for d in s) for _, s in message.layout)
+        assert all(len(s) <= 8 and all(0 < d <= 2**28 for d in s) for _, s in message.layout)
         assert sum(math.prod(s) for _, s in message.layout) <= 2**28
         assert 1 <= message.hyper.epochs <= 1000 and message.hyper.batch_size >= 1
         assert 0 < message.hyper.lr <= 100
@@ -242,6 +250,31 @@ def test_hostile_tasks_and_globals_are_counted_at_the_agent_and_never_escape(
     if outcome == "refused":
         assert sum(core.rejections.values()) == refused + 1
         assert core.task is task and core.current == (0, 0)
+
+
+def test_fields_nested_a_thousand_deep_are_refused_everywhere() -> None:
+    """Outside hypothesis, which raises the recursion limit while it runs and so hides stack
+    exhaustion (a field ~1000 deep once escaped as a RecursionError): every field of every
+    message kind, nested 31..1023 arrays or maps deep, at every decoder and handler."""
+    cases = 0
+    for kind, wire in valid_messages().items():
+        for key in [*wire, "extra"]:
+            for depth in (31, 32, 500, 1000, 1023):
+                for container in ("array", "map"):
+                    payload = with_raw_field(wire, key, nested(depth, container))
+                    try:
+                        DECODERS[kind](unpack(payload, LIMITS))
+                    except WireError as exc:
+                        assert exc.reason in REASONS
+                    if kind == "update":
+                        state = RoundState("fed", 1, weights(), MODEL, LAYOUT, RoundRules(), 0)
+                        assert not state.offer("c1", payload).accepted
+                    elif kind == "task":
+                        fresh_agent().on_task(payload)
+                    elif kind.startswith("global"):
+                        fresh_agent().on_global(payload)
+                    cases += 1
+    assert cases == 750
 
 
 def test_messages_on_update_and_status_topics_naming_no_valid_client_are_counted(
