@@ -11,7 +11,7 @@ import numpy as np
 
 from fedge.codecs import Pipeline, encode_params
 from fedge.params import Params, content_hash, spec_of
-from fedge.wire import Update, encode, model_ref
+from fedge.wire import ModelRef, Update, encode, model_ref
 
 SPEC = {"framework": "numpy", "arch": "logreg", "n_features": 4, "n_classes": 3, "hidden": []}
 
@@ -43,6 +43,7 @@ def update_payload(
     num_examples: int = 10,
     federation: str = "fed",
     seed: int = 0,
+    model: ModelRef = MODEL,
     **overrides: object,
 ) -> bytes:
     tensors, _ = encode_params(d, Pipeline(codec), np.random.default_rng(seed))
@@ -50,7 +51,7 @@ def update_payload(
         federation,
         round_number,
         client,
-        MODEL,
+        model,
         base if isinstance(base, bytes) else content_hash(base),  # the global, or its hash
         num_examples,
         tensors,
