@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import functools
 import math
+import warnings
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
@@ -293,3 +295,16 @@ def test_messages_on_update_and_status_topics_naming_no_valid_client_are_counted
     assert aggregator.rejections == {"sender": 5, "status:sender": 5}
     assert aggregator.handle(Incoming("fedge/fed/metrics/", b"", False, 0)) is False
     assert sum(aggregator.rejections.values()) == 10
+
+
+def test_a_finite_scale_that_overflows_on_decoding_is_nonfinite_without_a_warning() -> None:
+    """Found by a long fuzz run: 127 * 3.4e38 overflowed float32 with a RuntimeWarning (an
+    exception under ``python -W error``) before the refusal; now only the refusal."""
+    wire = dict(encoded("int8"))
+    wire["scales"] = np.full(3, 3.4e38, "<f4").tobytes()
+    wire["data"] = bytes([254]) * 27
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(WireError) as info:
+            decode_params(unpack(encode_any(wire, True)), LAYOUT3, {"int8"})
+    assert info.value.reason == "nonfinite"
