@@ -43,7 +43,7 @@ def update_payload(
     num_examples: int = 10,
     federation: str = "fed",
     seed: int = 0,
-    model: ModelRef = MODEL,
+    ref: ModelRef = MODEL,  # the model reference (``model=`` overrides the wire field)
     **overrides: object,
 ) -> bytes:
     tensors, _ = encode_params(d, Pipeline(codec), np.random.default_rng(seed))
@@ -51,7 +51,7 @@ def update_payload(
         federation,
         round_number,
         client,
-        model,
+        ref,
         base if isinstance(base, bytes) else content_hash(base),  # the global, or its hash
         num_examples,
         tensors,

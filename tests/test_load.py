@@ -86,7 +86,7 @@ class Fleet:
             num_examples=10 + int(client[-3:]),
             federation=FED,
             seed=opened.round,
-            model=self.ref,
+            ref=self.ref,
         )
         with self.lock:
             self.sent.add(key)
