@@ -322,7 +322,11 @@ class Aggregator:
     def handle(self, message: Incoming) -> bool:
         """Route one message; never raises. True when it changed the round (an update folded)."""
         parsed = self.topics.parse(message.topic)
-        if parsed is None:
+        if parsed is None:  # on update/+ or status/+, but the level names no valid client
+            for kind in (Kind.UPDATE, Kind.STATUS):
+                if message.topic.startswith(f"{self.topics.prefix}{kind.value}/"):
+                    reason = "sender" if kind is Kind.UPDATE else "status:sender"
+                    self._reject(reason, f"{kind.value} on {message.topic!r:.100}", "no client id")
             return False
         kind, client = parsed
         if kind is Kind.UPDATE and client is not None and self.round is not None:

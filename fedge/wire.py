@@ -1,7 +1,7 @@
 """msgpack envelopes: frozen message values with ``to_wire`` and a validating ``from_wire``.
 
-Every byte from the network passes ``unpack`` (bounded: size, string/bin/array/map lengths)
-and then one ``from_wire`` that checks every field's type and range. Any problem is a
+Every byte from the network passes ``unpack`` (bounded: size, string/bin/array/map lengths,
+nesting depth) and then one ``from_wire`` that checks every field's type and range. Any problem is a
 ``WireError`` whose ``reason`` is one of ``Reason``; nothing else escapes.
 Checks that need state (round, model hash, duplicates) belong to the receiver.
 """
@@ -80,11 +80,10 @@ class Hyper:
     def from_wire(cls, m: Any) -> Hyper:
         if not isinstance(m, dict):
             raise refuse("field 'hyper' must be a map")
-        return cls(
-            int_field(m, "epochs", 1, 1000),
-            int_field(m, "batch_size", 1, 1 << 20),
-            float_field(m, "lr", 0.0, 100.0),
-        )
+        lr = float_field(m, "lr", 0.0, 100.0)
+        if lr == 0:
+            raise refuse("field 'lr' must be > 0")
+        return cls(int_field(m, "epochs", 1, 1000), int_field(m, "batch_size", 1, 1 << 20), lr)
 
 
 @dataclass(frozen=True)
@@ -224,6 +223,9 @@ class Global:
         if content_hash(weights) != weights_hash:
             raise refuse("weights do not match weights_hash")
         final = get_field(m, "final", bool)
+        fraction = float_field(m, "fraction", 0.0, 1.0)
+        if fraction == 0:
+            raise refuse("field 'fraction' must be > 0")
         message = cls(
             federation,
             round_number,
@@ -231,7 +233,7 @@ class Global:
             ModelRef.from_wire(m.get("model")),
             weights,
             int_field(m, "deadline"),
-            float_field(m, "fraction", 0.0, 1.0),
+            fraction,
             int_field(m, "min_clients", 1, 1 << 20),
             final,
             metrics_field(m, "metrics", limits),

@@ -1,7 +1,7 @@
 """Bounded msgpack decoding and typed field readers: the one place that knows how to refuse.
 
-Every byte from the network passes ``unpack`` (size, string/bin/array/map lengths) and then
-field readers that check type and range and raise ``WireError`` with a ``Reason``.
+Every byte from the network passes ``unpack`` (size, string/bin/array/map lengths, nesting
+depth) and then field readers that check type and range and raise ``WireError`` with a ``Reason``.
 """
 
 from __future__ import annotations
@@ -48,6 +48,7 @@ class Limits:
     max_items: int = 4096  # entries of any array or map
     max_str: int = 4096
     max_metrics: int = 32
+    max_depth: int = 32  # nested arrays/maps; every message needs fewer than 8
 
 
 DEFAULT_LIMITS = Limits()
@@ -87,7 +88,26 @@ def unpack(payload: bytes, limits: Limits = DEFAULT_LIMITS) -> dict[str, Any]:
         raise WireError(f"not msgpack: {exc}", reason=Reason.MALFORMED.value) from None
     if not isinstance(obj, dict):
         raise WireError("message must be a msgpack map", reason=Reason.MALFORMED.value)
+    if _too_deep(obj, limits.max_depth):
+        raise WireError(
+            f"arrays and maps nested deeper than {limits.max_depth}", reason=Reason.MALFORMED.value
+        )
     return obj
+
+
+def _too_deep(obj: dict[str, Any], limit: int) -> bool:
+    """Whether containers nest beyond ``limit`` (iteratively: a deep payload must not be able to
+    exhaust the stack of whatever later walks it, ``repr`` in an error message included)."""
+    stack: list[tuple[Any, int]] = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
 
 
 # -- field readers: one place that knows how to refuse ---------------------------------------

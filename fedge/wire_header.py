@@ -8,11 +8,10 @@ builds the messages on top of these.
 from __future__ import annotations
 
 import hashlib
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
-
-import numpy as np
 
 from fedge.params import TensorSpec
 from fedge.protocol import VERSION, Kind
@@ -110,6 +109,6 @@ def layout_field(raw: list) -> list[TensorSpec]:
         out.append((item[0], tuple(item[1])))
     if len({name for name, _ in out}) != len(out):
         raise refuse("layout repeats a tensor name")
-    if sum(int(np.prod(s, dtype=np.int64)) for _, s in out) > 1 << 28:
+    if sum(math.prod(s) for _, s in out) > 1 << 28:  # Python ints: int64 products wrap
         raise refuse("layout too large")
     return out

@@ -11,7 +11,7 @@ import numpy as np
 
 from fedge.codecs import Pipeline, encode_params
 from fedge.params import Params, content_hash, spec_of
-from fedge.wire import Update, encode, model_ref
+from fedge.wire import ModelRef, Update, encode, model_ref
 
 SPEC = {"framework": "numpy", "arch": "logreg", "n_features": 4, "n_classes": 3, "hidden": []}
 
@@ -36,13 +36,14 @@ def delta(seed: int, scale: float = 0.1) -> Params:
 def update_payload(
     client: str,
     round_number: int,
-    base: Params,
+    base: Params | bytes,
     d: Params,
     *,
     codec: str = "float32",
     num_examples: int = 10,
     federation: str = "fed",
     seed: int = 0,
+    ref: ModelRef = MODEL,  # the model reference (``model=`` overrides the wire field)
     **overrides: object,
 ) -> bytes:
     tensors, _ = encode_params(d, Pipeline(codec), np.random.default_rng(seed))
@@ -50,8 +51,8 @@ def update_payload(
         federation,
         round_number,
         client,
-        MODEL,
-        content_hash(base),
+        ref,
+        base if isinstance(base, bytes) else content_hash(base),  # the global, or its hash
         num_examples,
         tensors,
         {"loss": 0.5},

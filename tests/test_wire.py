@@ -69,6 +69,27 @@ def test_garbage_is_malformed(payload: bytes) -> None:
     assert info.value.reason == "malformed"
 
 
+def nested(depth: int, container: bytes = b"\x91") -> bytes:
+    """msgpack bytes of ``depth`` one-element arrays (``\x91``) or maps (``\x81\xa1k``)
+    around nil: deeper than msgpack's own packer will write."""
+    return container * depth + b"\xc0"
+
+
+@pytest.mark.parametrize("container", [b"\x91", b"\x81\xa1k"])
+@pytest.mark.parametrize("depth", [31, 32, 999, 1000, 1023])
+def test_deeply_nested_fields_are_malformed_not_a_recursion_error(
+    container: bytes, depth: int
+) -> None:
+    """Regression: a field nested ~1000 deep once escaped ``from_wire`` as a RecursionError
+    (from ``repr`` in the refusal message), which stopped the aggregator's thread."""
+    body = b"\x81\xa1v" + nested(depth, container)  # {"v": [[[...]]]}
+    for decode in (Update.from_wire, Task.from_wire, Status.from_wire, Metrics.from_wire):
+        with pytest.raises(WireError) as info:
+            decode(unpack(body))
+        # the message map is level 1: 31 more levels are within the limit of 32
+        assert info.value.reason == ("version" if depth <= 31 else "malformed")
+
+
 @pytest.mark.parametrize(
     ("field", "value", "reason"),
     [
@@ -91,6 +112,31 @@ def test_update_field_errors_have_reasons(field: str, value: object, reason: str
     with pytest.raises(WireError) as info:
         Update.from_wire(unpack(pack(wire))).decode_delta(LAYOUT, {"float32"})
     assert info.value.reason == reason
+
+
+@pytest.mark.parametrize(
+    ("kind", "field", "value"),
+    [
+        ("task", "layout", [["w", [2**28, 2**28, 2**28]]]),  # 2**84: int64 products wrap to 0
+        ("task", "layout", [["w", [2**16, 2**16, 2**16, 2**16]]]),
+        ("task", "hyper", {"epochs": 1, "batch_size": 1, "lr": 0.0}),
+        ("global", "fraction", 0.0),
+    ],
+)
+def test_values_outside_the_documented_ranges_are_malformed(
+    kind: str, field: str, value: object
+) -> None:
+    """Regression (found by tests/test_fuzz.py): these were accepted."""
+    if kind == "task":
+        message = Task("fed", "aggregator", MODEL, SPEC, LAYOUT, Hyper(2, 16, 0.05), "int8")
+    else:
+        message = Global("fed", 3, "aggregator", MODEL, weights(), 123, 0.5, 2)
+    wire = {**message.to_wire(), field: value}
+    with pytest.raises(WireError) as info:
+        (Task.from_wire if kind == "task" else lambda m: Global.from_wire(m, LAYOUT))(
+            unpack(pack(wire))
+        )
+    assert info.value.reason == "malformed"
 
 
 @given(st.binary(max_size=512))

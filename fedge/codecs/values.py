@@ -62,7 +62,8 @@ def decode_values(fields: Mapping[str, Any], coder: ValueCoder, lengths: np.ndar
     levels = _levels(coder.bits)
     if m and int(codes.max()) > 2 * levels:
         raise CodecError(f"{coder.kind} code {int(codes.max())} above the top level {2 * levels}")
-    return (codes.astype(np.float32) - np.float32(levels)) * per_value
+    with np.errstate(over="ignore"):  # a huge scale gives inf: refused as nonfinite by the caller
+        return (codes.astype(np.float32) - np.float32(levels)) * per_value
 
 
 def _levels(bits: int) -> int:
