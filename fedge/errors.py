@@ -18,9 +18,19 @@ class FedgeError(Exception):
 
 
 class WireError(FedgeError):
-    """A message from the network was refused; ``reason`` says why (see ``fedge.wire.Reason``)."""
+    """A message from the network was refused; ``reason`` says why (see ``fedge.wire.Reason``).
+
+    The text quotes untrusted values, so it is cut to ``MAX_MESSAGE`` characters: a hostile
+    payload must not turn into megabytes of log.
+    """
 
     reason = "malformed"
+    MAX_MESSAGE = 300
+
+    def __init__(self, message: str, *, reason: str | None = None) -> None:
+        if len(message) > self.MAX_MESSAGE:
+            message = message[: self.MAX_MESSAGE - 1] + "…"
+        super().__init__(message, reason=reason)
 
 
 class CodecError(WireError):

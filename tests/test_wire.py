@@ -205,3 +205,10 @@ def test_history_keeps_a_record_once_and_survives_a_torn_line(tmp_path) -> None:
         handle.write(b'{"round": 2, "ope')  # a crash mid-write
     assert history.append_missing(path, {"round": 2, "opened": 6})
     assert [r["round"] for r in history.read(path)] == [1, 2]
+
+
+def test_a_refusal_quoting_a_huge_hostile_value_stays_a_short_log_line() -> None:
+    hostile = msgpack.packb({"v": "x" * 4000, "kind": "update"})  # strings up to 4 KiB pass
+    with pytest.raises(WireError) as refused:
+        Update.from_wire(unpack(hostile))
+    assert refused.value.reason == "version" and len(str(refused.value)) <= 300
