@@ -115,6 +115,10 @@ class RoundState:
         except WireError as exc:
             self.rejected[exc.reason] += 1
             return Verdict(False, topic_client, exc.reason, str(exc))
+        except Exception as exc:  # a decoder bug: validation changes nothing, so refuse and live
+            log.exception("round %d: validating an update from %s failed", self.round, topic_client)
+            self.rejected["internal"] += 1
+            return Verdict(False, topic_client, "internal", f"{type(exc).__name__}")
         self.strategy.fold(delta, float(update.num_examples))
         self.contributors[topic_client] = update.num_examples
         self.uplink_bytes += len(payload)

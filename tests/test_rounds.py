@@ -249,3 +249,18 @@ def test_updates_from_clients_not_enrolled_are_refused() -> None:
     assert state.offer("c0", update_payload("c0", 1, weights(), delta(0))).accepted
     verdict = state.offer("c9", update_payload("c9", 1, weights(), delta(9)))
     assert verdict.reason == "unknown_client" and state.count == 1
+
+
+def test_a_validation_bug_refuses_the_update_as_internal_and_changes_nothing(monkeypatch) -> None:
+    state = open_round()
+    before = state.snapshot()
+
+    def broken(*args: object) -> None:
+        raise IndexError("a bug in a decoder")
+
+    monkeypatch.setattr(state, "_validate", broken)
+    verdict = state.offer("c0", update_payload("c0", 1, weights(), delta(0)))
+    assert verdict.reason == "internal" and state.rejected["internal"] == 1
+    after = state.snapshot()
+    after["rejected"], before["rejected"] = {}, {}
+    assert after == before
