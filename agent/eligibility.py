@@ -14,11 +14,13 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
-_TIME = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+from fedge.timewindow import in_window, parse_window
+
+__all__ = ["Conditions", "Readings", "check", "in_window", "parse_window", "read_device"]
+
 PLAUSIBLE_C = (-40.0, 200.0)  # a zone reading outside this is a broken sensor, not a hot CPU
 
 
@@ -45,27 +47,6 @@ class Readings:
     temp_c: float | None
     free_mb: float | None
     now: dt.time
-
-
-def parse_window(text: str) -> tuple[dt.time, dt.time]:
-    """'22:00-06:30' -> (22:00, 06:30); start == end is refused as ambiguous.
-
-    Strictly HH:MM: ``time.fromisoformat`` would also take '22:00+01:00', an aware time that
-    cannot be compared with the naive local clock.
-    """
-    parts = text.split("-")
-    matches = [_TIME.match(p.strip()) for p in parts]
-    if len(parts) != 2 or not all(matches):
-        raise ValueError(f"time window {text!r} is not HH:MM-HH:MM (24-hour local time)")
-    start, end = (dt.time(int(m.group(1)), int(m.group(2))) for m in matches if m)
-    if start == end:
-        raise ValueError(f"time window {text!r} is empty or the whole day; leave it unset")
-    return start, end
-
-
-def in_window(now: dt.time, window: str) -> bool:
-    start, end = parse_window(window)
-    return start <= now < end if start < end else now >= start or now < end
 
 
 def check(conditions: Conditions, readings: Readings) -> list[str]:

@@ -90,10 +90,15 @@ class Aggregator:
     """Runs synchronous FedAvg rounds for one federation until ``rounds`` or ``stop``."""
 
     def __init__(
-        self, config: AggregatorConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None
+        self,
+        config: AggregatorConfig,
+        *,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.on_round = on_round
+        self.heartbeat = heartbeat  # called from the serving loop (sd_notify: READY, WATCHDOG)
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
         self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
@@ -146,6 +151,7 @@ class Aggregator:
         self._connect()
         try:
             if self.finished:
+                self._beat()
                 log.info(
                     "federation %s already finished at round %d",
                     self.config.federation,
@@ -174,6 +180,7 @@ class Aggregator:
         wanted = self.config.start_clients
         deadline = time.monotonic() + self.rules.round_timeout_s
         while len(self.online) < wanted and time.monotonic() < deadline and not stop.is_set():
+            self._beat()
             try:
                 self._receive(self._inbox.get(timeout=0.1))
             except queue.Empty:
@@ -339,7 +346,15 @@ class Aggregator:
             metrics=metrics,
         )
 
+    def network_healthy(self, max_silence: float = 30.0) -> bool:
+        return self._loop is not None and self._loop.healthy(max_silence)
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
     def _step(self) -> None:
+        self._beat()
         try:
             self._receive(self._inbox.get(timeout=0.1))
         except queue.Empty:
