@@ -134,21 +134,29 @@ def check_config(path: str, overrides: dict[str, object]) -> int:
 
 
 def serve(
-    runtime: AgentRuntime, notifier: Notifier, stop: threading.Event, period: float = LOOP_PERIOD_S
+    runtime: AgentRuntime,
+    notifier: Notifier,
+    stop: threading.Event,
+    period: float = LOOP_PERIOD_S,
+    max_silence: float = LOOP_SILENCE_S,
 ) -> None:
     """The main thread's loop until ``stop``: READY once connected (or after READY_WAIT_S),
     the watchdog only while the network loop is alive, eligibility rechecks, STATUS."""
+    if notifier.watchdog_s:  # several passes per ping interval, whatever WatchdogSec is
+        period = min(period, notifier.watchdog_s / 4)
     started = time.monotonic()
-    ready = False
+    ready, was_alive = False, True
     while not stop.is_set():
         now = time.monotonic()
         if not ready and (runtime.wait_connected(0) or now - started >= READY_WAIT_S):
             notifier.ready(runtime.summary())
             ready = True
-        if runtime.alive(LOOP_SILENCE_S):
+        alive = runtime.alive(max_silence)
+        if alive:
             notifier.watchdog(now)
-        else:
-            log.error("the network loop is not responding; no watchdog ping")
+        elif was_alive:  # once per episode: systemd restarts us if it lasts WatchdogSec
+            log.error("the network loop is not responding; watchdog pings withheld")
+        was_alive = alive
         runtime.tick(now)
         if ready:
             notifier.status(runtime.summary())
