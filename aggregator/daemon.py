@@ -25,7 +25,7 @@ from fedge import history, signing
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
 from fedge.credentials import mqtt_auth
-from fedge.errors import ConfigError, WireError
+from fedge.errors import ConfigError, DataError, ModelError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
@@ -119,8 +119,16 @@ class Aggregator:
             config.short_round,
             read_clients_file(config.clients_file) if config.clients_file else None,
         )
-        n_features, n_classes, self.eval_data = resolve_dimensions(config)
-        self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
+        try:
+            n_features, n_classes, self.eval_data = resolve_dimensions(config)
+        except DataError as exc:
+            raise ConfigError(
+                f"key {'test_data' if config.test_data else 'dataset'!r}: {exc}"
+            ) from None
+        try:
+            self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
+        except (ConfigError, ModelError) as exc:
+            raise ConfigError(f"key 'model': {exc}") from None
         self.spec = self.model.describe()
         self.layout = spec_of(self.model.get_weights())
         self.model_ref: ModelRef = model_ref(config.model, self.spec, self.layout)

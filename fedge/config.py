@@ -225,7 +225,7 @@ def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        values = _relative_to(values, Path(path).parent)
+        values = _relative_to(values, Path(path).absolute().parent)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return _build(cls, values, source)
 
