@@ -10,6 +10,7 @@ PREFIX=/opt/fedge
 DESTDIR="${DESTDIR:-}"
 FROM=""
 EXTRAS=""
+PYTHON=/usr/bin/python3  # the system's: a pyenv or conda python of root's is not the service's
 CONFIG=""
 FOLDER=""
 SKIP_VENV=0
@@ -30,6 +31,8 @@ Install the fedge $COMPONENT as the systemd service fedge-$COMPONENT (Debian, Ra
   --config FILE         a $COMPONENT.toml of your own (instead of --device-folder)
   --from PATH           a fedge checkout or wheel to install (default: this checkout)
   --extras LIST         pip extras, e.g. zstd or fleet (bundled datasets for the aggregator)
+  --python PATH         the interpreter for the venv (default /usr/bin/python3); the
+                        service user must be able to run it
   --skip-venv           do not create or update the venv
   --no-enable           install the unit but do not enable or start it
   --uninstall           remove the unit (and the venv if no other fedge unit uses it);
@@ -49,6 +52,7 @@ parse_args() {
             --config) CONFIG="$2"; shift 2 ;;
             --from) FROM="$2"; shift 2 ;;
             --extras) EXTRAS="$2"; shift 2 ;;
+            --python) PYTHON="$2"; shift 2 ;;
             --skip-venv) SKIP_VENV=1; shift ;;
             --no-enable) ENABLE=0; shift ;;
             --uninstall) UNINSTALL=1; shift ;;
@@ -131,20 +135,25 @@ source_stamp() {  # what the venv was built from: a wheel's hash, or a tree's fi
     echo "extras=$EXTRAS"
 }
 
+python_line() { echo "python=$PYTHON $("$PYTHON" -c 'import sys; print(sys.version.split()[0])')"; }
+
 install_venv() {
     if [ "$SKIP_VENV" = 1 ]; then
         say "venv skipped (--skip-venv)"
         return 0
     fi
     [ -e "$FROM" ] || die "--from $FROM: no such file or directory"
+    [ -x "$PYTHON" ] || die "--python $PYTHON: not an executable (apt install python3-venv)"
     local stamp want target build=""
-    want="$(source_stamp)"
+    want="$(python_line; source_stamp)"
     stamp="$VENV/.fedge-source"
     if [ -x "$VENV/bin/python" ] && [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
         say "venv $VENV is up to date"
         return 0
     fi
-    [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+    if ! [ -f "$stamp" ] || [ "$(head -n1 "$stamp")" != "$(python_line)" ]; then
+        "$PYTHON" -m venv --clear "$VENV"  # new, half-made, or for another interpreter
+    fi
     if [ -f "$FROM" ]; then
         target="$FROM"
     else  # build from a copy: pip builds in-tree, and the checkout may not be ours to write
@@ -226,29 +235,33 @@ enable_unit() {
         say "not enabled (--no-enable)"
         return 0
     fi
-    if ! booted; then  # a DESTDIR, or a machine (container) not running systemd
-        if command -v systemctl >/dev/null 2>&1; then
-            systemctl --root="${DESTDIR:-/}" --quiet enable "$UNIT"
-        else
-            mkdir -p "$UNITS/multi-user.target.wants"
-            ln -sfn "/etc/systemd/system/$UNIT" "$UNITS/multi-user.target.wants/$UNIT"
-        fi
-        if live; then
-            say "enabled; not started (systemd is not running here)"
-        else
-            say "enabled in $DESTDIR; not started"
-        fi
+    if booted; then
+        systemctl daemon-reload
+        systemctl --quiet enable "$UNIT"
+    elif command -v systemctl >/dev/null 2>&1; then  # a DESTDIR, or no systemd running
+        systemctl --root="${DESTDIR:-/}" --quiet enable "$UNIT"
+    else
+        mkdir -p "$UNITS/multi-user.target.wants"
+        ln -sfn "/etc/systemd/system/$UNIT" "$UNITS/multi-user.target.wants/$UNIT"
+    fi
+    if ! live; then
+        say "enabled in $DESTDIR; not started"
         return 0
     fi
-    systemctl daemon-reload
-    systemctl --quiet enable "$UNIT"
-    local check=("$VENV/bin/fedge-$COMPONENT" --check-config "$ETC/$COMPONENT.toml")
-    if ! runuser -u "$USER_NAME" -- "${check[@]}" >/dev/null; then
-        say "enabled but not started: fix the config above, then: systemctl start $UNIT"
+    if [ ! -x "$VENV/bin/fedge-$COMPONENT" ]; then
+        say "enabled; not started: no venv at $VENV"
+        return 0
+    fi
+    # As the service user, so unreadable secrets or a state dir it cannot use show up now.
+    if ! runuser -u "$USER_NAME" -- "$VENV/bin/fedge-$COMPONENT" \
+        --check-config "$ETC/$COMPONENT.toml" >/dev/null; then
+        say "enabled, not started: fix $ETC/$COMPONENT.toml (above), then: systemctl start $UNIT"
+    elif ! booted; then
+        say "enabled, config valid; not started (systemd is not running here)"
     elif ! systemctl --quiet is-active "$UNIT"; then
         systemctl start "$UNIT" && say "started: journalctl -u $UNIT -f"
     elif [ "$CHANGED" = 1 ]; then
-        systemctl restart "$UNIT" && say "restarted (new version or config)"
+        systemctl restart "$UNIT" && say "restarted (new version, unit or config)"
     fi
 }
 

@@ -237,6 +237,9 @@ def test_the_installers_build_a_working_venv_whose_units_verify_idempotently(
     again = install("aggregator", root, "--device-folder", str(aggregator_folder))
     assert "is up to date" in again.stdout  # one venv for both daemons
     venv = root / "opt/fedge/venv"
+    # the system's interpreter, not whatever python3 is first on root's PATH (a pyenv under
+    # /root, which the service user cannot even execute: found by a live install)
+    assert os.readlink(venv / "bin/python3") == "/usr/bin/python3"
     # systemd-analyze checks ExecStart exists: verify the installed units pointed into the root
     units = []
     for component in COMPONENTS:
