@@ -18,7 +18,7 @@ from fedge.cli_common import (
     setup_logging,
 )
 from fedge.config import AggregatorConfig, load, render
-from fedge.errors import FedgeError
+from fedge.errors import ConfigError, FedgeError
 from fedge.sdnotify import Notifier
 
 log = logging.getLogger("fedge.aggregator")
@@ -185,6 +185,9 @@ def main(argv: list[str] | None = None) -> int:
     aggregator.heartbeat = heartbeat
     try:
         return aggregator.run(stop)
+    except ConfigError as exc:  # e.g. a checkpoint of another model: restarting will not help
+        log.error("%s", exc)
+        return EXIT_USAGE
     except FedgeError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

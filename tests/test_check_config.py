@@ -206,3 +206,21 @@ def test_the_real_cli_exits_2_on_a_bad_config_and_0_on_a_good_one(module, tmp_pa
     assert ok.returncode == 0 and "# valid:" in ok.stdout, ok.stderr
     refused = subprocess.run([*run, str(bad)], capture_output=True, text=True, timeout=60)
     assert refused.returncode == 2 and "key 'federation'" in refused.stderr
+
+
+def test_a_checkpoint_of_another_model_exits_2_so_systemd_does_not_restart_it(tmp_path) -> None:
+    """RestartPreventExitStatus=2: a state dir that belongs to another model is a config
+    problem no restart fixes (the check happens before connecting: no broker needed)."""
+    import numpy as np
+
+    from aggregator import checkpoint
+
+    weights = {"w": np.zeros(3, np.float32)}
+    saved = checkpoint.Checkpoint(2, weights, b"\x01" * 32, False, {}, {})
+    checkpoint.save(tmp_path / "state", saved)
+    done = subprocess.run(
+        [sys.executable, "-m", "aggregator.cli", "--broker", "127.0.0.1:9", "--dataset",
+         "digits", "--model", "logreg", "--state-dir", str(tmp_path / "state")],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert done.returncode == 2 and "checkpoint is for another model" in done.stderr
