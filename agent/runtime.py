@@ -242,20 +242,26 @@ class AgentRuntime:
             self._eligible(agent)
 
     def _decline(self, agent: AgentCore, job: TrainJob | None, reasons: list[str]) -> None:
+        """Keep the job for a recheck; say so on status whenever the reasons' text changed
+        (fresh numbers), in the log only for a new job or another kind of reason."""
         with self._lock:
             before = self.declined.get(agent.client_id)
             self.declined[agent.client_id] = Declined(
                 reasons, job, time.monotonic() + self.recheck_s
             )
-        if before is None or before.reasons != reasons:
-            if job is not None:
-                log.info(
-                    "%s: declines round %d for now: %s",
-                    agent.client_id,
-                    job.global_model.round,
-                    "; ".join(reasons),
-                )
-            self._publish_status(agent, "online")  # "as things are": declined, with reasons
+        if before is not None and before.reasons == reasons:
+            return
+        kinds = [reason.split()[0] for reason in reasons]  # "temperature", "load", ...
+        other_kinds = before is None or kinds != [r.split()[0] for r in before.reasons]
+        new_job = before is None or before.job is not job
+        if job is not None and (new_job or other_kinds):
+            log.info(
+                "%s: declines round %d for now: %s",
+                agent.client_id,
+                job.global_model.round,
+                "; ".join(reasons),
+            )
+        self._publish_status(agent, "online")  # "as things are": declined, with reasons
 
     def _eligible(self, agent: AgentCore) -> None:
         with self._lock:
