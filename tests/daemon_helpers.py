@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from fedge.protocol import Topics
 from fedge.wire import Status, unpack
@@ -124,7 +125,7 @@ def statuses(factory, federation: str, client: str) -> tuple[list[Status], Calla
     seen: list[Status] = []
     reader = factory()
 
-    def on_message(c: object, u: object, m) -> None:  # noqa: ANN001
+    def on_message(c: object, u: object, m: Any) -> None:
         if m.payload:
             seen.append(Status.from_wire(unpack(m.payload)))
 
