@@ -30,6 +30,7 @@ from fedge import params as P
 from fedge.codecs import Pipeline
 from fedge.errors import FedgeError, ModelError, WireError
 from fedge.models import Model, model_from_spec
+from fedge.models.base import StopCheck
 from fedge.protocol import is_sampled
 from fedge.signing import VerifyKey, open_signed
 from fedge.statefile import read_msgpack, write_msgpack
@@ -191,8 +192,9 @@ class AgentCore:
         message = job.global_model
         return (message.round, message.opened) == self.current and job.task is self.task
 
-    def train(self, job: TrainJob) -> TrainResult:
-        """E local epochs from the global weights; the delta encoded with the task's codec."""
+    def train(self, job: TrainJob, should_stop: StopCheck | None = None) -> TrainResult:
+        """E local epochs from the global weights; the delta encoded with the task's codec.
+        ``should_stop`` is asked before every SGD step (TrainingStopped when it says yes)."""
         task, message = job.task, job.global_model
         round_seed = _derive_seed(self.seed, self.client_id, message.round)
         started = time.perf_counter()
@@ -204,6 +206,7 @@ class AgentCore:
             batch_size=task.hyper.batch_size,
             lr=task.hyper.lr,
             seed=round_seed,
+            should_stop=should_stop,
         )
         delta = P.flatten(P.subtract(job.model.get_weights(), message.weights))
         if not np.all(np.isfinite(delta)):

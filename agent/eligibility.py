@@ -4,6 +4,10 @@ Wi-Fi, idle), for a Raspberry Pi: load, temperature, free memory, a time window.
 ``check`` is pure (conditions and readings in, reasons out); ``read_device`` reads Linux's
 /proc and /sys, with the root configurable so tests use a fake tree. A reading that cannot be
 taken does not block training: a board without a thermal zone is not too hot.
+
+The load is the 1-minute load average per online CPU, and it includes the agent's own
+training of the previous round: a limit should leave room for that (one busy core of a
+four-core Pi is 0.25 per CPU).
 """
 
 from __future__ import annotations
@@ -12,6 +16,12 @@ import datetime as dt
 import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from fedge.timewindow import in_window, parse_window
+
+__all__ = ["Conditions", "Readings", "check", "in_window", "parse_window", "read_device"]
+
+PLAUSIBLE_C = (-40.0, 200.0)  # a zone reading outside this is a broken sensor, not a hot CPU
 
 
 @dataclass(frozen=True)
@@ -25,6 +35,11 @@ class Conditions:
         if self.window:
             parse_window(self.window)  # ValueError early, at config time
 
+    @property
+    def any(self) -> bool:
+        """Whether any condition is set (none: nothing is read, the device always trains)."""
+        return bool(self.max_load or self.max_temp_c or self.min_free_mb or self.window)
+
 
 @dataclass(frozen=True)
 class Readings:
@@ -32,26 +47,6 @@ class Readings:
     temp_c: float | None
     free_mb: float | None
     now: dt.time
-
-
-def parse_window(text: str) -> tuple[dt.time, dt.time]:
-    """'22:00-06:30' -> (22:00, 06:30); start == end is refused as ambiguous."""
-    try:
-        start_text, end_text = text.split("-")
-        start, end = (
-            dt.time.fromisoformat(start_text.strip()),
-            dt.time.fromisoformat(end_text.strip()),
-        )
-    except ValueError:
-        raise ValueError(f"time window {text!r} is not HH:MM-HH:MM") from None
-    if start == end:
-        raise ValueError(f"time window {text!r} is empty or the whole day; leave it unset")
-    return start, end
-
-
-def in_window(now: dt.time, window: str) -> bool:
-    start, end = parse_window(window)
-    return start <= now < end if start < end else now >= start or now < end
 
 
 def check(conditions: Conditions, readings: Readings) -> list[str]:
@@ -69,27 +64,42 @@ def check(conditions: Conditions, readings: Readings) -> list[str]:
     return reasons
 
 
-def read_device(root: str | Path = "/") -> Readings:
+def read_device(root: str | Path = "/", now: dt.datetime | None = None) -> Readings:
     """Readings from /proc and /sys under ``root`` (None where a file is missing)."""
     root = Path(root)
-    return Readings(_load(root), _max_temp(root), _free_mb(root), dt.datetime.now().time())
+    clock = (now or dt.datetime.now()).time()
+    return Readings(_load(root), _max_temp(root), _free_mb(root), clock)
 
 
 def _load(root: Path) -> float | None:
     try:
         first = (root / "proc/loadavg").read_text().split()[0]
-        return float(first) / (os.cpu_count() or 1)
+        return float(first) / _cpus(root)
     except (OSError, ValueError, IndexError):
         return None
 
 
+def _cpus(root: Path) -> int:
+    """Online CPUs from /sys (e.g. '0-3'), as the load average counts them; else Python's."""
+    try:
+        count = 0
+        for part in (root / "sys/devices/system/cpu/online").read_text().strip().split(","):
+            low, _, high = part.partition("-")
+            count += int(high or low) - int(low) + 1
+        return max(count, 1)
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
+
+
 def _max_temp(root: Path) -> float | None:
     temps = []
-    for zone in sorted((root / "sys/class/thermal").glob("thermal_zone*/temp")):
+    for zone in (root / "sys/class/thermal").glob("thermal_zone*/temp"):
         try:
-            temps.append(int(zone.read_text().strip()) / 1000.0)  # millidegrees
+            celsius = int(zone.read_text().strip()) / 1000.0  # millidegrees
         except (OSError, ValueError):
-            continue
+            continue  # some zones refuse reads (EINVAL, ENODATA) when their sensor is off
+        if PLAUSIBLE_C[0] <= celsius <= PLAUSIBLE_C[1]:
+            temps.append(celsius)
     return max(temps) if temps else None
 
 

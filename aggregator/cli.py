@@ -5,18 +5,21 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import sys
 import threading
 
 from aggregator.daemon import Aggregator
 from fedge.cli_common import (
     CODEC_HELP,
     EXIT_FAILED,
+    EXIT_OK,
     EXIT_USAGE,
     add_security_flags,
     setup_logging,
 )
-from fedge.config import AggregatorConfig, load
-from fedge.errors import FedgeError
+from fedge.config import AggregatorConfig, load, render
+from fedge.errors import ConfigError, FedgeError
+from fedge.sdnotify import Notifier
 
 log = logging.getLogger("fedge.aggregator")
 
@@ -27,7 +30,14 @@ EXAMPLE = """example:
 on a secure site (`fedge-broker init`): TLS, its password, and it signs task and global:
   fedge-aggregator --config site/aggregator/aggregator.toml --dataset digits --rounds 20
 
-exit codes: 0 done or stopped, 1 failed, 2 bad configuration"""
+check a config file (prints the effective config, every key; secrets are files, never shown):
+  fedge-aggregator --check-config /etc/fedge/aggregator/aggregator.toml
+
+Under systemd (Type=notify) it reports READY, WATCHDOG and STATUS; SIGTERM saves the open
+round's snapshot and exits 0 (a restart resumes it). See docs/deploy.md.
+exit codes: 0 done or stopped (or config valid), 1 failed, 2 bad configuration"""
+
+LOOP_SILENCE_S = 30.0  # a network loop silent this long is wedged: stop the watchdog pings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -38,6 +48,11 @@ def build_parser() -> argparse.ArgumentParser:
         description="Aggregate model updates of a fleet (FedAvg).",
     )
     p.add_argument("--config", help="TOML file; flags override its keys")
+    p.add_argument(
+        "--check-config",
+        metavar="FILE",
+        help="validate FILE (with the flags given), print the effective config, exit 0 or 2",
+    )
     p.add_argument("--broker", help="HOST:PORT of the MQTT broker")
     p.add_argument("--federation")
     p.add_argument("--client-id")
@@ -104,24 +119,75 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def overrides(args: argparse.Namespace) -> dict[str, object]:
-    skip = {"config", "log_level"}
+    skip = {"config", "check_config", "log_level"}
     return {k: v for k, v in vars(args).items() if k not in skip}
+
+
+def check_config(path: str, values: dict[str, object]) -> int:
+    """``--check-config``: build the aggregator as a start would (model, evaluation data,
+    secrets, signing key, enrolled clients), without connecting; print the effective config."""
+    try:
+        config = load(AggregatorConfig, path, values)
+        aggregator = Aggregator(config)
+    except FedgeError as exc:
+        print(f"fedge-aggregator: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(render(config, path), end="")
+    link = "TLS" if aggregator.auth.tls else "plaintext"
+    signed = "signed" if aggregator.signer else "unsigned"
+    print(f"# valid: model {aggregator.model_ref.id}, {link}, {signed} task and global")
+    return EXIT_OK
+
+
+def describe(aggregator: Aggregator) -> str:
+    """One line for ``systemctl status``."""
+    state = aggregator.round
+    online = len(aggregator.online)
+    if aggregator.finished:
+        return f"federation {aggregator.config.federation} finished"
+    if state is None:
+        return f"waiting for agents ({online} online)"
+    return f"round {state.round}: {state.count} updates, {online} agents online"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.check_config:
+        return check_config(args.check_config, overrides(args))
     setup_logging(args.log_level)
+    notifier = Notifier()
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop.set()
+        notifier.stopping()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, on_signal)
     try:
         config = load(AggregatorConfig, args.config, overrides(args))
         aggregator = Aggregator(config)
     except FedgeError as exc:
         log.error("%s", exc)
         return EXIT_USAGE
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    ready = threading.Event()
+
+    def heartbeat() -> None:
+        """From the serving loop: READY the first time, then WATCHDOG while the network loop
+        lives, and STATUS (sent only when it changed)."""
+        if not ready.is_set():
+            notifier.ready(describe(aggregator))
+            ready.set()
+        if aggregator.network_healthy(LOOP_SILENCE_S):
+            notifier.watchdog()
+        notifier.status(describe(aggregator))
+
+    aggregator.heartbeat = heartbeat
     try:
         return aggregator.run(stop)
+    except ConfigError as exc:  # e.g. a checkpoint of another model: restarting will not help
+        log.error("%s", exc)
+        return EXIT_USAGE
     except FedgeError as exc:
         log.error("%s", exc)
         return EXIT_FAILED

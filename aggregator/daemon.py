@@ -24,7 +24,7 @@ from fedge import history, signing
 from fedge.codecs import Pipeline
 from fedge.config import AggregatorConfig
 from fedge.credentials import mqtt_auth
-from fedge.errors import ConfigError, WireError
+from fedge.errors import ConfigError, DataError, ModelError, WireError
 from fedge.models import Model, build_model
 from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
@@ -51,10 +51,15 @@ class Aggregator:
     """Runs synchronous FedAvg rounds for one federation until ``rounds`` or ``stop``."""
 
     def __init__(
-        self, config: AggregatorConfig, *, on_round: Callable[[dict[str, Any]], None] | None = None
+        self,
+        config: AggregatorConfig,
+        *,
+        on_round: Callable[[dict[str, Any]], None] | None = None,
+        heartbeat: Callable[[], None] | None = None,
     ) -> None:
         self.config = config
         self.on_round = on_round
+        self.heartbeat = heartbeat  # called from the serving loop (sd_notify: READY, WATCHDOG)
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
         self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
@@ -76,8 +81,16 @@ class Aggregator:
             config.short_round,
             self.enrolment.clients,
         )
-        n_features, n_classes, self.eval_data = resolve_dimensions(config)
-        self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
+        try:
+            n_features, n_classes, self.eval_data = resolve_dimensions(config)
+        except DataError as exc:
+            raise ConfigError(
+                f"key {'test_data' if config.test_data else 'dataset'!r}: {exc}"
+            ) from None
+        try:
+            self.model: Model = build_model(config.model, n_features, n_classes, seed=config.seed)
+        except (ConfigError, ModelError) as exc:
+            raise ConfigError(f"key 'model': {exc}") from None
         self.spec = self.model.describe()
         self.layout = spec_of(self.model.get_weights())
         self.model_ref: ModelRef = model_ref(config.model, self.spec, self.layout)
@@ -108,6 +121,7 @@ class Aggregator:
         self._connect()
         try:
             if self.finished:
+                self._beat()
                 log.info(
                     "federation %s already finished at round %d",
                     self.config.federation,
@@ -136,6 +150,7 @@ class Aggregator:
         wanted = self.config.start_clients
         deadline = time.monotonic() + self.rules.round_timeout_s
         while len(self.online) < wanted and time.monotonic() < deadline and not stop.is_set():
+            self._beat()
             try:
                 self._receive(self._inbox.get(timeout=0.1))
             except queue.Empty:
@@ -308,7 +323,15 @@ class Aggregator:
             metrics=metrics,
         )
 
+    def network_healthy(self, max_silence: float = 30.0) -> bool:
+        return self._loop is not None and self._loop.healthy(max_silence)
+
+    def _beat(self) -> None:
+        if self.heartbeat is not None:
+            self.heartbeat()
+
     def _step(self) -> None:
+        self._beat()
         try:
             self._receive(self._inbox.get(timeout=0.1))
         except queue.Empty:

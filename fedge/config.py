@@ -8,6 +8,7 @@ validated value. Command-line flags override file values through ``replace_check
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -17,6 +18,7 @@ from fedge.codecs import DOWNLINK_CODECS, parse_pipeline
 from fedge.errors import ConfigError
 from fedge.mqtt import BrokerAddress
 from fedge.protocol import valid_name
+from fedge.timewindow import parse_window
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -167,6 +169,13 @@ class AgentConfig:
     cert_file: str = ""  # optional TLS client certificate ...
     key_file: str = ""  # ... and its private key (mode 0600)
     verify_key: str = ""  # the aggregator's Ed25519 public key: refuse unsigned task/global
+    # eligibility, checked before each training job (0 or "": no limit); see docs/deploy.md
+    max_load: float = 0.0  # 1-minute load average per CPU
+    max_temp_c: float = 0.0  # hottest thermal zone, degrees Celsius
+    min_free_mb: int = 0  # MemAvailable, MiB
+    train_window: str = ""  # local time "HH:MM-HH:MM"; may wrap midnight ("22:00-06:00")
+    recheck_s: float = 30.0  # while declined: check again this often, the round still open
+    sysfs_root: str = "/"  # where /proc and /sys are read (tests point it at a fake tree)
 
     def validate(self) -> None:
         _check_broker(self.broker)
@@ -198,6 +207,18 @@ class AgentConfig:
             f"the username {self.username!r} (the broker's ACL is by username)",
         )
         _check_secured(self)
+        _check(0 <= self.max_load <= 1000, "max_load", self.max_load, "0 (off) .. 1000")
+        _check(0 <= self.max_temp_c <= 150, "max_temp_c", self.max_temp_c, "0 (off) .. 150")
+        _check(0 <= self.min_free_mb <= 1 << 20, "min_free_mb", self.min_free_mb, "0 (off) .. 2^20")
+        try:
+            if self.train_window:
+                parse_window(self.train_window)
+        except ValueError as exc:
+            raise ConfigError(f"key 'train_window': {exc}") from None
+        _check(1 <= self.recheck_s <= 3600, "recheck_s", self.recheck_s, "1..3600 seconds")
+        _check(
+            Path(self.sysfs_root).is_dir(), "sysfs_root", self.sysfs_root, "an existing directory"
+        )
 
 
 def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None = None) -> C:
@@ -213,7 +234,7 @@ def load(cls: type[C], path: str | Path | None, overrides: dict[str, Any] | None
             raise ConfigError(f"{path}: no such config file") from None
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"{path}: not valid TOML: {exc}") from None
-        values = _relative_to(values, Path(path).parent)
+        values = _relative_to(values, Path(path).absolute().parent)
     values.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return _build(cls, values, source)
 
@@ -235,6 +256,30 @@ def _build(cls: type[C], values: dict[str, Any], source: str) -> C:
     except ConfigError as exc:
         raise ConfigError(f"{source}: {exc}") from None
     return config
+
+
+def render(config: object, source: str = "") -> str:
+    """The effective config as TOML: every key, the ones left at their default marked.
+
+    Nothing needs masking: a config holds the *paths* of secret files, never a secret
+    (fedge/credentials.py reads them), so printing a config shows no password.
+    """
+    lines = [f"# effective configuration{f' from {source}' if source else ''}"]
+    defaults = type(config)()
+    for item in fields(config):  # type: ignore[arg-type]
+        value = getattr(config, item.name)
+        mark = "  # default" if value == getattr(defaults, item.name) else ""
+        lines.append(f"{item.name} = {toml_value(value)}{mark}")
+    return "\n".join(lines) + "\n"
+
+
+def toml_value(value: object) -> str:
+    """A TOML literal for the value types configs use (str, bool, int, float)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(str(value))  # a JSON string is a valid TOML basic string
 
 
 def replace_checked(config: C, **changes: Any) -> C:

@@ -57,6 +57,12 @@ class ModelError(FedgeError):
     reason = "model"
 
 
+class TrainingStopped(FedgeError):
+    """Training was abandoned between two SGD steps because the daemon is stopping."""
+
+    reason = "stopped"
+
+
 class BrokerError(FedgeError):
     """The local Mosquitto could not be found, started or reached."""
 

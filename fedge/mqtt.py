@@ -343,6 +343,7 @@ class NetworkLoop:
         self._stop = threading.Event()
         self._woken = False
         self._thread: threading.Thread | None = None
+        self._last_pass = time.monotonic()  # the loop's last pass: a wedged loop stops it
 
     def add(self, session: Session) -> Session:
         """Attach a session; it connects (and keeps reconnecting) from the loop thread."""
@@ -367,6 +368,12 @@ class NetworkLoop:
         self._thread.start()
         return self
 
+    def healthy(self, max_silence: float = 30.0) -> bool:
+        """The thread runs and made a pass within ``max_silence`` seconds (what a daemon's
+        watchdog checks: a callback stuck forever leaves the thread alive but deaf)."""
+        alive = self._thread is not None and self._thread.is_alive()
+        return alive and time.monotonic() - self._last_pass < max_silence
+
     def stop(self, timeout: float = 3.0) -> None:
         """Close every session cleanly, then end the thread."""
         for session in list(self._sessions):
@@ -383,7 +390,7 @@ class NetworkLoop:
         last_misc = 0.0
         while not self._stop.is_set():
             self._drain_calls()
-            now = time.monotonic()
+            now = self._last_pass = time.monotonic()
             if now - last_misc >= 0.25:
                 for session in self._sessions:
                     _safely(functools.partial(session._maintain, now), session.client_id)

@@ -16,6 +16,12 @@ if { ! command -v mosquitto >/dev/null 2>&1 && [ ! -x /usr/sbin/mosquitto ]; } \
     DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq mosquitto mosquitto-clients
 fi
 
+if [[ ",${extras}," == *",dev,"* ]] && ! command -v systemd-analyze >/dev/null 2>&1; then
+    echo "setup: installing systemd (the tests run systemd-analyze verify on deploy/*.service)"
+    as_root apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive as_root apt-get install -y -qq systemd
+fi
+
 if [ ! -x .venv/bin/python ]; then
     if ! python3 -m venv .venv 2>/dev/null; then
         echo "setup: installing python3-venv"

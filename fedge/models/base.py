@@ -15,8 +15,10 @@ from typing import Any, Protocol, TypeGuard, runtime_checkable
 
 import numpy as np
 
-from fedge.errors import ConfigError, DataError, ModelError
+from fedge.errors import ConfigError, DataError, ModelError, TrainingStopped
 from fedge.params import Params
+
+StopCheck = Callable[[], bool]
 
 # Bounds on architectures; a spec from the network that exceeds them is refused before any
 # allocation. MAX_PARAMETERS (128 MiB of float32) keeps a hostile spec from exhausting memory.
@@ -42,9 +44,18 @@ class Model(Protocol):
         ...
 
     def train(
-        self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        should_stop: StopCheck | None = None,
     ) -> dict[str, float]:
-        """Seeded mini-batch SGD; returns {"loss", "accuracy", "steps"}."""
+        """Seeded mini-batch SGD; returns {"loss", "accuracy", "steps"}. ``should_stop`` is
+        asked before each step; when it says yes, TrainingStopped is raised."""
         ...
 
     def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
@@ -200,6 +211,7 @@ def train_sgd(
     batch_size: int,
     lr: float,
     seed: int,
+    should_stop: StopCheck | None = None,
 ) -> dict[str, float]:
     """Mini-batch SGD with ``step(x_batch, y_batch, lr) -> batch mean loss``.
 
@@ -208,6 +220,9 @@ def train_sgd(
     same weights on the same data agree. ``shape`` is (n_features, n_classes). Returns
     {"loss": mean loss over the last epoch's batches, "accuracy" on ``x`` after the last step,
     "steps"}.
+
+    ``should_stop`` is asked before every step: a daemon asked to stop abandons training at
+    the next step boundary (TrainingStopped) instead of finishing epochs nobody will use.
     """
     check_hyper(epochs, batch_size, lr, seed)
     xs = check_features(x, shape[0])
@@ -218,6 +233,8 @@ def train_sgd(
         order = rng.permutation(n)
         total = 0.0
         for start in range(0, n, int(batch_size)):
+            if should_stop is not None and should_stop():
+                raise TrainingStopped(f"training stopped after {steps} steps")
             batch = order[start : start + int(batch_size)]
             total += step(xs[batch], ys[batch], lr) * batch.size
             steps += 1

@@ -22,6 +22,7 @@ import numpy as np
 from fedge.errors import ModelError
 from fedge.models.base import (
     MAX_PARAMETERS,
+    StopCheck,
     check_features,
     check_labels,
     check_weights,
@@ -251,13 +252,21 @@ class ConvNet:
         return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == ys))}
 
     def train(
-        self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        should_stop: StopCheck | None = None,
     ) -> dict[str, float]:
         """Mini-batch SGD with the numpy MLP's batch order: ``default_rng(seed).permutation``."""
         shape = (self.n_features, self.n_classes)
         return train_sgd(
             self.sgd_step, self.evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
         )  # fmt: skip
 
     def describe(self) -> dict[str, Any]:

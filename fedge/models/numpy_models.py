@@ -16,6 +16,7 @@ import numpy as np
 
 from fedge.errors import ModelError
 from fedge.models.base import (
+    StopCheck,
     check_architecture,
     check_features,
     check_labels,
@@ -186,7 +187,15 @@ class _DenseStack:
         return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == y))}
 
     def train(
-        self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        should_stop: StopCheck | None = None,
     ) -> dict[str, float]:
         """Mini-batch SGD, reshuffled each epoch from ``seed``: the same seed, the same weights.
 
@@ -196,7 +205,7 @@ class _DenseStack:
         shape = (self.n_features, self.n_classes)
         return train_sgd(
             self.sgd_step, self._evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
         )  # fmt: skip
 
     def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:

@@ -23,7 +23,13 @@ from typing import Any
 import numpy as np
 
 from fedge.errors import ModelError
-from fedge.models.base import check_features, check_labels, check_weights, train_sgd
+from fedge.models.base import (
+    StopCheck,
+    check_features,
+    check_labels,
+    check_weights,
+    train_sgd,
+)
 from fedge.models.numpy_conv import init_weights
 from fedge.models.numpy_models import softmax_cross_entropy
 from fedge.params import Params, TensorSpec
@@ -144,13 +150,21 @@ class TFLiteModel:
         return float(out["loss"])
 
     def train(
-        self, x: np.ndarray, y: np.ndarray, *, epochs: int, batch_size: int, lr: float, seed: int
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        should_stop: StopCheck | None = None,
     ) -> dict[str, float]:
         """Mini-batch SGD in the file's ``train`` signature, batches as the numpy backend's."""
         shape = (self.n_features, self.n_classes)
         fit = train_sgd(
             self.train_step, self.evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
         )  # fmt: skip
         if not np.isfinite(fit["loss"]):
             raise ModelError(f"{self.name}: training diverged (loss {fit['loss']})")
