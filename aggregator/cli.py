@@ -134,7 +134,7 @@ def check_config(path: str, values: dict[str, object]) -> int:
         return EXIT_USAGE
     print(render(config, path), end="")
     link = "TLS" if aggregator.auth.tls else "plaintext"
-    signed = "signed" if aggregator.signer else "unsigned"
+    signed = "signed" if aggregator.messages.signer else "unsigned"
     print(f"# valid: model {aggregator.model_ref.id}, {link}, {signed} task and global")
     return EXIT_OK
 

@@ -13,12 +13,15 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from typing import Any
 
 from aggregator import checkpoint
 from aggregator.acks import AckLedger
 from aggregator.enrolment import Enrolment
 from aggregator.evaluation import resolve_dimensions
+from aggregator.messages import Messages
+from aggregator.presence import Presence
 from aggregator.rounds import RoundRules, RoundState, round_record
 from fedge import history, signing
 from fedge.codecs import Pipeline
@@ -30,16 +33,10 @@ from fedge.mqtt import BrokerAddress, Incoming, NetworkLoop, Session
 from fedge.params import Params, num_parameters, spec_of
 from fedge.protocol import Kind, Topics
 from fedge.wire import (
-    Global,
-    Hyper,
     Limits,
     ModelRef,
-    Status,
-    Task,
-    encode,
     model_ref,
     now_ms,
-    unpack,
 )
 
 log = logging.getLogger(__name__)
@@ -63,7 +60,6 @@ class Aggregator:
         self.topics = Topics(config.federation)
         self.limits = Limits(max_bytes=config.max_update_bytes)
         self.auth = mqtt_auth(config)  # secrets read (and checked) now, not at connect
-        self.signer = signing.load_signing_key(config.signing_key) if config.signing_key else None
         self.enrolment = Enrolment(config.clients_file)
         codec = Pipeline(config.codec)
         if codec.sent_as() != codec.name:
@@ -94,9 +90,12 @@ class Aggregator:
         self.spec = self.model.describe()
         self.layout = spec_of(self.model.get_weights())
         self.model_ref: ModelRef = model_ref(config.model, self.spec, self.layout)
-        self._model_file()  # a ship_model without a model file is a config error, now
+        signer = signing.load_signing_key(config.signing_key) if config.signing_key else None
+        self.messages = Messages(
+            config, self.model, self.model_ref, self.spec, self.layout, signer
+        )  # a ship_model without a model file is a config error, now
         self.rejections: Counter[str] = Counter()
-        self.online: set[str] = set()
+        self.presence = Presence(config.federation, self.limits)
         self.round: RoundState | None = None
         self.finished = False
         self._inbox: queue.Queue[Incoming] = queue.Queue()
@@ -143,7 +142,8 @@ class Aggregator:
                 self.acks.settle()  # what is folded goes to disk before we let go of it
             except OSError as exc:
                 log.error("cannot save the round (%s); the broker will deliver it again", exc)
-            self._disconnect()
+            if self._loop is not None:
+                self._loop.stop()
 
     def _wait_for_clients(self, stop: threading.Event) -> None:
         """Hold the first round until ``start_clients`` agents are online (bounded wait)."""
@@ -206,60 +206,14 @@ class Aggregator:
         if self.round is not None:
             checkpoint.save_round(self.config.state_dir, self.round.snapshot())
 
-    def _disconnect(self) -> None:
-        if self._loop is not None:
-            self._loop.stop()
-
     def _publish_task(self) -> None:
-        task = Task(
-            self.config.federation,
-            self.config.mqtt_client_id,
-            self.model_ref,
-            self.spec,
-            self.layout,
-            Hyper(self.config.epochs, self.config.batch_size, self.config.lr),
-            self.rules.codec,
-            self.config.use_error_feedback,
-            model_file=self._model_file(),
-        )
         assert self._session is not None
-        self._session.publish(
-            self.topics.task, signing.seal(encode(task), self.signer), qos=1, retain=True
-        )
+        self._session.publish(self.topics.task, self.messages.task(self.rules), qos=1, retain=True)
 
-    def _model_file(self) -> bytes:
-        """The .tflite bytes for the task when ``ship_model`` is on (else nothing)."""
-        content = getattr(self.model, "content", b"")
-        if self.config.ship_model and not content:
-            raise ConfigError(f"ship_model: model {self.config.model} has no model file to ship")
-        return content if self.config.ship_model else b""
-
-    def _publish_global(
-        self,
-        round_number: int,
-        weights: Params,
-        *,
-        final: bool = False,
-        deadline_ms: int = 0,
-        opened_ms: int = 0,
-        metrics: dict[str, float] | None = None,
-    ) -> Any:
-        message = Global(
-            self.config.federation,
-            round_number,
-            self.config.mqtt_client_id,
-            self.model_ref,
-            weights,
-            deadline_ms,
-            self.rules.fraction,
-            self.rules.min_clients,
-            final,
-            metrics or {},
-            opened=opened_ms,
-            weights_codec=self.rules.downlink,
-        )
+    def _publish_global(self, round_number: int, weights: Params, **fields: Any) -> Future[None]:
+        """``global`` for this round (fields: final, deadline_ms, opened_ms, metrics)."""
         assert self._session is not None
-        payload = signing.seal(encode(message), self.signer)  # signed over these exact bytes
+        payload = self.messages.global_model(self.rules, round_number, weights, **fields)
         return self._session.publish(self.topics.global_model, payload, qos=1, retain=True)
 
     def _new_round(self, round_number: int, weights: Params, deadline_ms: int) -> RoundState:
@@ -323,6 +277,10 @@ class Aggregator:
             metrics=metrics,
         )
 
+    @property
+    def online(self) -> set[str]:
+        return self.presence.online
+
     def network_healthy(self, max_silence: float = 30.0) -> bool:
         return self._loop is not None and self._loop.healthy(max_silence)
 
@@ -362,29 +320,15 @@ class Aggregator:
         elif kind is Kind.UPDATE:  # no round is open: the federation has finished
             self._reject("stale", f"update from {client}", "the federation has finished")
         elif kind is Kind.STATUS and client is not None:
-            self._handle_status(client, message.payload)
+            try:
+                self.presence.update(client, message.payload)
+            except WireError as exc:
+                self._reject("status:" + exc.reason, f"status from {client}", str(exc))
         return False
 
     def _reject(self, reason: str, what: str, detail: str) -> None:
         self.rejections[reason] += 1
         log.warning("rejected %s: %s (%s)", what, reason, detail)
-
-    def _handle_status(self, client: str, payload: bytes) -> None:
-        if not payload:  # a cleared retained status
-            self.online.discard(client)
-            return
-        try:
-            status = Status.from_wire(unpack(payload, self.limits), self.limits)
-        except WireError as exc:
-            self._reject("status:" + exc.reason, f"status from {client}", str(exc))
-            return
-        if status.sender != client or status.federation != self.config.federation:
-            self._reject("status:sender", f"status from {client}", "sender or federation")
-            return
-        if status.state == "online":
-            self.online.add(client)
-        else:
-            self.online.discard(client)
 
     def _maybe_close(self) -> None:
         state = self.round
