@@ -10,6 +10,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
+from agent.runtime import AgentRuntime
 from broker import LocalBroker
 
 ClientFactory = Callable[..., mqtt.Client]
@@ -73,3 +74,12 @@ def mqtt_client_factory(request: pytest.FixtureRequest) -> Iterator[ClientFactor
     for client in made:
         client.disconnect()
         client.loop_stop()
+
+
+@pytest.fixture
+def runtimes() -> Iterator[list[AgentRuntime]]:
+    """Agent runtimes a test started (tests.live.start_agents), stopped at teardown."""
+    started: list[AgentRuntime] = []
+    yield started
+    for runtime in started:
+        runtime.stop()

@@ -39,7 +39,7 @@ from fedge.protocol import Kind, Topics
 from fedge.wire import Global, Status, encode, unpack
 from tests.fuzzing import examples, hostile, nested, pick, with_raw_field
 from tests.helpers import LAYOUT, delta, update_payload, wait_for
-from tests.test_integration import Running, config
+from tests.live import Running, config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 

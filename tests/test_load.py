@@ -26,7 +26,7 @@ from fedge.params import Params, spec_of
 from fedge.protocol import Topics
 from fedge.wire import Global, ModelRef, model_ref, unpack
 from tests.helpers import update_payload, wait_for
-from tests.test_integration import Running, config
+from tests.live import Running, config
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
 

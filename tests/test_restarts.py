@@ -19,9 +19,7 @@ from fedge import history
 from fedge.protocol import Topics
 from fedge.wire import unpack
 from tests.helpers import wait_for
-from tests.test_integration import Running, config, make_agents, runtimes, start_agents
-
-__all__ = ["runtimes"]  # the fixture, imported for these tests
+from tests.live import Running, config, make_agents, start_agents
 
 pytestmark = pytest.mark.integration
 
