@@ -264,8 +264,12 @@ class LocalBroker:
         self._wait_ready(self._proc, port, offset)
         log.info("mosquitto pid %d ready on %s:%d", self._proc.pid, self._host, port)
 
+    def _accepts_clients(self, port: int, timeout: float) -> bool:
+        """The readiness probe: an MQTT CONNECT is answered (a site broker probes TLS)."""
+        return _accepts_tcp(self._host, port) and _mqtt_connects(self._host, port, timeout)
+
     def _wait_ready(self, proc: subprocess.Popen[bytes], port: int, offset: int) -> None:
-        """Ready = our process logged "running" (so the port is ours) and MQTT CONNECT works."""
+        """Ready = our process logged "running" (so the port is ours) and the probe passes."""
         deadline = time.monotonic() + START_TIMEOUT_S
         while True:
             code = proc.poll()
@@ -280,16 +284,12 @@ class LocalBroker:
                     reason="start_failed",
                 )
             left = deadline - time.monotonic()
-            if (
-                _READY in text
-                and _accepts_tcp(self._host, port)
-                and _mqtt_connects(self._host, port, min(1.0, max(left, 0.1)))
-            ):
+            if _READY in text and self._accepts_clients(port, min(1.0, max(left, 0.1))):
                 return
             if left <= 0:
                 self._halt()
                 raise BrokerError(
-                    f"mosquitto did not accept MQTT connections on {self._host}:{port} "
+                    f"mosquitto did not accept clients on {self._host}:{port} "
                     f"within {START_TIMEOUT_S:.0f} s; log tail:\n{self.log_tail()}",
                     reason="start_timeout",
                 )

@@ -17,7 +17,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from broker.local import _PORT_IN_USE, _READY, START_TIMEOUT_S, LocalBroker, _PortInUse
+from broker.local import LocalBroker
 from broker.site import Site, load_site, move_listener
 from fedge.errors import BrokerError
 
@@ -67,28 +67,10 @@ class SiteBroker(LocalBroker):
             )
         self.site.files.pid.write_text(f"{self._proc.pid}\n")
         log.info("site mosquitto pid %d starting on %s", self._proc.pid, self.site.address)
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            code = self._proc.poll()
-            text = self._log_since(offset)
-            if code is not None:
-                self._proc = None
-                if _PORT_IN_USE in text:
-                    raise _PortInUse(port)
-                raise BrokerError(
-                    f"mosquitto exited with code {code} starting site {self.site.root}; "
-                    f"log tail:\n{self.log_tail()}",
-                    reason="start_failed",
-                )
-            if _READY in text and _tls_handshake(self.site, port):
-                return
-            if time.monotonic() > deadline:
-                self._halt()
-                raise BrokerError(
-                    f"site mosquitto did not accept TLS on port {port}; log:\n{self.log_tail()}",
-                    reason="start_timeout",
-                )
-            time.sleep(0.02)
+        self._wait_ready(self._proc, port, offset)
+
+    def _accepts_clients(self, port: int, timeout: float) -> bool:
+        return _tls_handshake(self.site, port)
 
 
 def _tls_handshake(site: Site, port: int) -> bool:
