@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
         x = rng.normal(size=(args.batch_size, lite.n_features)).astype(np.float32)
         y = rng.integers(0, 10, args.batch_size)
         t_np = median_ms(lambda r=ref, a=x, b=y: step_numpy(r, a, b), args.steps)
-        t_lite = median_ms(lambda m=lite, a=x, b=y: m.train_step(a, b, 0.05), args.steps)
+        t_lite = median_ms(lambda m=lite, a=x, b=y: m.sgd_step(a, b, 0.05), args.steps)
         rows.append(
             {
                 "model": name,

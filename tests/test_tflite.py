@@ -102,7 +102,7 @@ def test_fifty_sgd_steps_match_the_numpy_twin_to_1e_4(name: str) -> None:
     losses = []
     for step in range(50):
         batch = rng.choice(200, size=(16, 7, 32)[step % 3], replace=False)  # varying batch size
-        loss_lite = lite.train_step(x[batch], y[batch], 0.05)
+        loss_lite = lite.sgd_step(x[batch], y[batch], 0.05)
         ref_loss, grads = ref._data_loss_and_gradients(ref._params, x[batch], y[batch])
         for key, grad in grads.items():
             ref._params[key] -= np.float32(0.05) * grad

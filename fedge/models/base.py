@@ -240,3 +240,66 @@ def train_sgd(
             steps += 1
         epoch_loss = total / n
     return {"loss": epoch_loss, "accuracy": evaluate(xs, ys)["accuracy"], "steps": steps}
+
+
+def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
+    """Mean cross-entropy and dloss/dlogits, via log-sum-exp so large logits cannot overflow."""
+    n = logits.shape[0]
+    rows = np.arange(n)
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    loss = -float(np.sum(log_probs[rows, y], dtype=np.float64)) / n
+    dlogits = np.exp(log_probs)
+    dlogits[rows, y] -= 1
+    return loss, dlogits / logits.dtype.type(n)
+
+
+class SGDClassifier:
+    """What every backend shares once it gives logits and takes one SGD step: checked
+    ``predict_logits`` and ``evaluate``, and ``train`` through ``train_sgd`` (one batch order)."""
+
+    name: str
+    n_features: int
+    n_classes: int
+
+    def _logits(self, xs: np.ndarray) -> np.ndarray:
+        """Class scores for already checked features."""
+        raise NotImplementedError
+
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+        """One SGD step on one checked batch; the batch's mean loss."""
+        raise NotImplementedError
+
+    def predict_logits(self, x: np.ndarray) -> np.ndarray:
+        return self._logits(check_features(x, self.n_features))
+
+    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        xs = check_features(x, self.n_features)
+        return self._metrics(xs, check_labels(y, xs.shape[0], self.n_classes))
+
+    def _metrics(self, xs: np.ndarray, ys: np.ndarray) -> dict[str, float]:
+        logits = self._logits(xs)
+        loss, _ = softmax_cross_entropy(logits, ys)
+        return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == ys))}
+
+    def train(
+        self,
+        x: np.ndarray,
+        y: np.ndarray,
+        *,
+        epochs: int,
+        batch_size: int,
+        lr: float,
+        seed: int,
+        should_stop: StopCheck | None = None,
+    ) -> dict[str, float]:
+        """Mini-batch SGD, reshuffled each epoch from ``seed``: the same seed, the same weights.
+
+        "loss" is the mean loss over the last epoch's batches (as seen while training);
+        "accuracy" is measured on ``x`` after the last step.
+        """
+        shape = (self.n_features, self.n_classes)
+        return train_sgd(
+            self.sgd_step, self._metrics, x, y, shape,
+            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
+        )  # fmt: skip

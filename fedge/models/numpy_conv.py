@@ -22,13 +22,13 @@ import numpy as np
 from fedge.errors import ModelError
 from fedge.models.base import (
     MAX_PARAMETERS,
-    StopCheck,
+    SGDClassifier,
     check_features,
     check_labels,
     check_weights,
     descend,
     is_int,
-    train_sgd,
+    softmax_cross_entropy,
     weights_at,
 )
 from fedge.models.numpy_models import (
@@ -38,7 +38,6 @@ from fedge.models.numpy_models import (
     he_normal,
     relu_backward,
     relu_forward,
-    softmax_cross_entropy,
 )
 from fedge.params import Params
 
@@ -148,7 +147,7 @@ def col2im(dcols: np.ndarray, shape: tuple[int, ...], kernel: int, stride: int) 
 # -- the network ---------------------------------------------------------------------------
 
 
-class ConvNet:
+class ConvNet(SGDClassifier):
     """Conv layers (ReLU) then dense layers (ReLU between), softmax cross-entropy on top."""
 
     def __init__(
@@ -241,33 +240,8 @@ class ConvNet:
     def set_weights(self, params: Mapping[str, np.ndarray]) -> None:
         self._params = check_weights(params, self._layout)
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(self._params, check_features(x, self.n_features))[1][-1]
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        logits = self._forward(self._params, xs)[1][-1]
-        loss, _ = softmax_cross_entropy(logits, ys)
-        return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == ys))}
-
-    def train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        seed: int,
-        should_stop: StopCheck | None = None,
-    ) -> dict[str, float]:
-        """Mini-batch SGD with the numpy MLP's batch order: ``default_rng(seed).permutation``."""
-        shape = (self.n_features, self.n_classes)
-        return train_sgd(
-            self.sgd_step, self.evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
-        )  # fmt: skip
+    def _logits(self, xs: np.ndarray) -> np.ndarray:
+        return self._forward(self._params, xs)[1][-1]
 
     def describe(self) -> dict[str, Any]:
         return {

@@ -16,7 +16,7 @@ import numpy as np
 
 from fedge.errors import ModelError
 from fedge.models.base import (
-    StopCheck,
+    SGDClassifier,
     check_architecture,
     check_features,
     check_labels,
@@ -24,7 +24,7 @@ from fedge.models.base import (
     descend,
     is_int,
     is_real,
-    train_sgd,
+    softmax_cross_entropy,
     weights_at,
 )
 from fedge.params import Params
@@ -53,18 +53,6 @@ def relu_backward(dout: np.ndarray, out: np.ndarray) -> np.ndarray:
     return dout * (out > 0)
 
 
-def softmax_cross_entropy(logits: np.ndarray, y: np.ndarray) -> tuple[float, np.ndarray]:
-    """Mean cross-entropy and dloss/dlogits, via log-sum-exp so large logits cannot overflow."""
-    n = logits.shape[0]
-    rows = np.arange(n)
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    log_probs = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
-    loss = -float(np.sum(log_probs[rows, y], dtype=np.float64)) / n
-    dlogits = np.exp(log_probs)
-    dlogits[rows, y] -= 1
-    return loss, dlogits / logits.dtype.type(n)
-
-
 # -- initialisation ---------------------------------------------------------------------------
 
 
@@ -82,7 +70,7 @@ def glorot_uniform(rng: np.random.Generator, fan_in: int, fan_out: int) -> np.nd
 # -- the network ------------------------------------------------------------------------------
 
 
-class _DenseStack:
+class _DenseStack(SGDClassifier):
     """Dense layers with ReLU between them; the shared body of both public models."""
 
     arch = ""  # "logreg" or "mlp"; with the hidden sizes it makes the canonical name
@@ -173,40 +161,8 @@ class _DenseStack:
     def set_weights(self, params: Mapping[str, np.ndarray]) -> None:
         self._params = check_weights(params, self._layout)
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        return self._forward(self._params, check_features(x, self.n_features))[-1]
-
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        return self._evaluate(xs, ys)
-
-    def _evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        logits = self._forward(self._params, x)[-1]
-        loss, _ = softmax_cross_entropy(logits, y)
-        return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == y))}
-
-    def train(
-        self,
-        x: np.ndarray,
-        y: np.ndarray,
-        *,
-        epochs: int,
-        batch_size: int,
-        lr: float,
-        seed: int,
-        should_stop: StopCheck | None = None,
-    ) -> dict[str, float]:
-        """Mini-batch SGD, reshuffled each epoch from ``seed``: the same seed, the same weights.
-
-        "loss" is the mean cross-entropy over the last epoch's batches (as seen while training,
-        without the L2 penalty); "accuracy" is measured on ``x`` after the last step.
-        """
-        shape = (self.n_features, self.n_classes)
-        return train_sgd(
-            self.sgd_step, self._evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
-        )  # fmt: skip
+    def _logits(self, xs: np.ndarray) -> np.ndarray:
+        return self._forward(self._params, xs)[-1]
 
     def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         """One plain SGD step on one batch; the batch's mean cross-entropy before the step."""

@@ -24,14 +24,11 @@ import numpy as np
 
 from fedge.errors import ModelError
 from fedge.models.base import (
+    SGDClassifier,
     StopCheck,
-    check_features,
-    check_labels,
     check_weights,
-    train_sgd,
 )
 from fedge.models.numpy_conv import init_weights
-from fedge.models.numpy_models import softmax_cross_entropy
 from fedge.params import Params, TensorSpec
 
 SIGNATURES = ("train", "infer", "get_weights", "set_weights")
@@ -83,7 +80,7 @@ def sha256_hex(content: bytes) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
-class TFLiteModel:
+class TFLiteModel(SGDClassifier):
     """A trainable TFLite file behind the ``Model`` interface (weights named like ``conv0_w``)."""
 
     def __init__(self, content: bytes, *, name: str, seed: int = 0) -> None:
@@ -128,18 +125,10 @@ class TFLiteModel:
         checked = check_weights(params, self._layout)
         self._run("set_weights", **checked)
 
-    def predict_logits(self, x: np.ndarray) -> np.ndarray:
-        xs = check_features(x, self.n_features)
+    def _logits(self, xs: np.ndarray) -> np.ndarray:
         return np.asarray(self._run("infer", x=xs)["logits"], dtype=np.float32)
 
-    def evaluate(self, x: np.ndarray, y: np.ndarray) -> dict[str, float]:
-        xs = check_features(x, self.n_features)
-        ys = check_labels(y, xs.shape[0], self.n_classes)
-        logits = np.asarray(self._run("infer", x=xs)["logits"], dtype=np.float32)
-        loss, _ = softmax_cross_entropy(logits, ys)
-        return {"loss": loss, "accuracy": float(np.mean(logits.argmax(axis=1) == ys))}
-
-    def train_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
+    def sgd_step(self, x: np.ndarray, y: np.ndarray, lr: float) -> float:
         """One SGD step in the interpreter on one (already checked) batch; its mean loss."""
         out = self._run(
             "train",
@@ -160,12 +149,10 @@ class TFLiteModel:
         seed: int,
         should_stop: StopCheck | None = None,
     ) -> dict[str, float]:
-        """Mini-batch SGD in the file's ``train`` signature, batches as the numpy backend's."""
-        shape = (self.n_features, self.n_classes)
-        fit = train_sgd(
-            self.train_step, self.evaluate, x, y, shape,
-            epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop,
-        )  # fmt: skip
+        """``SGDClassifier.train``; a non-finite loss (the file has no guard) is an error."""
+        fit = super().train(
+            x, y, epochs=epochs, batch_size=batch_size, lr=lr, seed=seed, should_stop=should_stop
+        )
         if not np.isfinite(fit["loss"]):
             raise ModelError(f"{self.name}: training diverged (loss {fit['loss']})")
         return fit
