@@ -132,20 +132,25 @@ def render_clients(site: Site) -> str:
     return header + "".join(f"{device}\n" for device in site.devices)
 
 
-def agent_toml(site: Site, device: str) -> str:
+def _connection(site: Site, user: str) -> dict[str, object]:
+    """The keys every daemon of the site needs to reach its broker as ``user``."""
     files = site.files
     values: dict[str, object] = {
         "broker": site.address,
         "federation": site.federation,
-        "client_id": device,
-        "username": device,
+        "client_id": user,
+        "username": user,
         "password_file": files.PASSWORD,
         "ca_file": files.CA_NAME,
-        "verify_key": files.VERIFY_KEY,
     }
     if site.client_certs:
         values["cert_file"] = files.CLIENT_CERT
         values["key_file"] = files.CLIENT_KEY
+    return values
+
+
+def agent_toml(site: Site, device: str) -> str:
+    values = {**_connection(site, device), "verify_key": site.files.VERIFY_KEY}
     return render_toml(
         f"fedge agent {device!r}, federation {site.federation!r}: written by fedge-broker.\n"
         "Copy this whole folder to the device; paths are relative to this file.\n"
@@ -156,20 +161,11 @@ def agent_toml(site: Site, device: str) -> str:
 
 
 def aggregator_toml(site: Site) -> str:
-    files = site.files
-    values: dict[str, object] = {
-        "broker": site.address,
-        "federation": site.federation,
-        "client_id": AGGREGATOR_USER,
-        "username": AGGREGATOR_USER,
-        "password_file": files.PASSWORD,
-        "ca_file": files.CA_NAME,
-        "signing_key": files.SIGNING_KEY,
-        "clients_file": files.CLIENTS,
+    values = {
+        **_connection(site, AGGREGATOR_USER),
+        "signing_key": site.files.SIGNING_KEY,
+        "clients_file": site.files.CLIENTS,
     }
-    if site.client_certs:
-        values["cert_file"] = files.CLIENT_CERT
-        values["key_file"] = files.CLIENT_KEY
     return render_toml(
         f"fedge aggregator, federation {site.federation!r}: written by fedge-broker.\n"
         "Paths are relative to this file. Say what to train, e.g.:\n"
